@@ -1,0 +1,99 @@
+"""The ClientApp: wires Flower messages to the task-model code. No algorithm lives here.
+
+Handlers: ``query.infer`` (outputs on the server's synthetic inputs), ``train.distill``
+(private training plus optional distillation targets), ``evaluate`` (local and global test).
+Record keys are documented in docs/protocol.md and defined in `fedmmkt_strategy.protocol`.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client_app.node import ClientNode
+from fedmmkt_strategy import protocol as P
+from task_models.modality import to_model_input
+from task_models.training import DistillTargets, TrainSettings, evaluate_model, infer, train_model
+
+torch.set_num_threads(1)  # simulated nodes share the machine's cores; one thread each avoids thrashing
+
+app = ClientApp()
+
+
+def _synthetic_inputs(node: ClientNode, msg: Message) -> torch.Tensor:
+    record = msg.content[P.SYNTHETIC]
+    key = P.IMAGES if node.role.modality == "image" else P.CAPTIONS
+    return to_model_input(node.role.modality, record[key].numpy())
+
+
+@app.query("infer")
+def query_infer(msg: Message, context: Context) -> Message:
+    """Probabilities, entropies and projected embeddings on the synthetic inputs."""
+    node = ClientNode.from_context(context)
+    out = infer(node.model, _synthetic_inputs(node, msg))
+    content = RecordDict({
+        P.INFERENCE: ArrayRecord({
+            P.PROBS: Array(out.probs), P.ENTROPY: Array(out.entropy), P.EMBEDDING: Array(out.embedding),
+        }),
+        P.CLIENT: node.describe(),
+    })
+    return Message(content, reply_to=msg)
+
+
+def _distill_targets(node: ClientNode, msg: Message) -> DistillTargets | None:
+    if P.TARGETS not in msg.content.array_records:
+        return None
+    targets = msg.content[P.TARGETS]
+    rows = torch.as_tensor(targets[P.INDICES].numpy()).long()
+    cfg = node.config
+    return DistillTargets(
+        inputs=_synthetic_inputs(node, msg)[rows],
+        soft_labels=torch.as_tensor(targets[P.SOFT_LABELS].numpy()).float(),
+        fused=torch.as_tensor(targets[P.FUSED].numpy()).float() if P.FUSED in targets else None,
+        temperature=cfg.distill_temperature, lambda_kl=cfg.lambda_kl, lambda_rep=cfg.lambda_rep,
+    )
+
+
+@app.train("distill")
+def train_distill(msg: Message, context: Context) -> Message:
+    """Train on private data (plus distillation when targets are sent); keep the model local."""
+    node = ClientNode.from_context(context)
+    if P.ARRAYS in msg.content.array_records:
+        node.load_arrays(msg.content[P.ARRAYS])
+    cfg, server_round = node.config, int(msg.content[P.CONFIG][P.SERVER_ROUND])
+    x, y = node.tensors("train")
+    settings = TrainSettings(epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size)
+    stats = train_model(node.model, x, y, settings, seed=cfg.seed * 1000 + server_round,
+                        distill=_distill_targets(node, msg))
+    node.save(context)
+    content = RecordDict({
+        P.METRICS: MetricRecord({
+            P.TRAIN_LOSS: stats["loss"], P.NUM_EXAMPLES: int(stats["num-examples"]),
+            "ce": stats["ce"], "kl": stats["kl"], "rep": stats["rep"],
+        }),
+        P.CLIENT: node.describe(),
+    })
+    if msg.content[P.CONFIG].get(P.RETURN_ARRAYS, False):
+        content[P.ARRAYS] = ArrayRecord(node.model.state_dict())
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Top-1 accuracy on the local test split and on the global test set of the modality."""
+    node = ClientNode.from_context(context)
+    if P.ARRAYS in msg.content.array_records:
+        node.load_arrays(msg.content[P.ARRAYS])
+        node.save(context)
+    local = evaluate_model(node.model, *node.tensors("test"))
+    global_ = evaluate_model(node.model, *node.tensors("global_test"))
+    content = RecordDict({
+        P.METRICS: MetricRecord({
+            P.ACC_LOCAL: local["accuracy"], P.LOSS_LOCAL: local["loss"],
+            P.ACC_GLOBAL: global_["accuracy"], P.LOSS_GLOBAL: global_["loss"],
+            P.NUM_EXAMPLES: int(local["num-examples"]),
+        }),
+        P.CLIENT: node.describe(),
+    })
+    return Message(content, reply_to=msg)

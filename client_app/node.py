@@ -1,0 +1,72 @@
+"""A client node as the ClientApp sees it: its role, private data and persistent model.
+
+Everything is rebuilt from the Context on each message (a deployed SuperNode starts a fresh
+process per message); the model weights persist in `context.state`, the data is regenerated
+from the shared seed and cached per process.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+
+from fedmmkt_strategy import protocol as P
+from fedmmkt_strategy.config import RunConfig
+from task_models.client_data import ClientData, load_client_data
+from task_models.domain import NUM_CLASSES
+from task_models.layout import NodeRole, assign_node
+from task_models.modality import to_model_input, vocab_size
+from task_models.models import TaskModel
+from task_models.registry import ModelSpec, build_task_model
+
+MODEL_STATE = "model"
+
+
+@dataclass
+class ClientNode:
+    """The role, data and model of this node for one message."""
+
+    config: RunConfig
+    role: NodeRole
+    partition_id: int
+    data: ClientData
+    model: TaskModel
+
+    @classmethod
+    def from_context(cls, context: Context) -> ClientNode:
+        config = RunConfig.from_run_config(context.run_config)
+        partition_id = int(context.node_config["partition-id"])
+        role = assign_node(partition_id, int(context.node_config["num-partitions"]), config.layout)
+        data = load_client_data(
+            config.domain, role.modality, role.partition, role.num_partitions,
+            config.dirichlet_alpha, config.local_test_fraction,
+        )
+        spec = ModelSpec(NUM_CLASSES, config.fusion_dim, vocab_size(), config.image_size)
+        # Same seed for the same architecture on every node, so FedAvg groups start equal.
+        model = build_task_model(role.architecture, spec, seed=config.seed * 7919 + zlib.crc32(role.architecture.encode()))
+        if MODEL_STATE in context.state:
+            model.load_state_dict(context.state[MODEL_STATE].to_torch_state_dict())
+        return cls(config, role, partition_id, data, model)
+
+    def save(self, context: Context) -> None:
+        context.state[MODEL_STATE] = ArrayRecord(self.model.state_dict())
+
+    def load_arrays(self, arrays: ArrayRecord) -> None:
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+
+    def describe(self) -> ConfigRecord:
+        return ConfigRecord({
+            P.MODALITY: self.role.modality,
+            P.ARCHITECTURE: self.role.architecture,
+            P.PARTITION: self.role.partition,
+            P.NUM_PARTITIONS: self.role.num_partitions,
+            P.PARTITION_ID: self.partition_id,
+        })
+
+    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model inputs and labels of 'train', 'test' or 'global_test'."""
+        part = getattr(self.data, split)
+        return to_model_input(self.role.modality, part.inputs), torch.as_tensor(part.labels)

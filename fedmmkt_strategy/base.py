@@ -1,0 +1,176 @@
+"""What every strategy of this project shares: sampling, the train/evaluate phases, reply
+checks, byte accounting and results on disk.
+
+Concrete strategies (`local`, `fedavg`, and the knowledge-transfer ones) are small siblings
+that override the hooks `prepare_round`, `train_content`, `evaluate_content` and `after_train`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedmmkt_strategy import protocol as P
+from fedmmkt_strategy.accounting import payload_bytes
+from fedmmkt_strategy.config import RunConfig
+from fedmmkt_strategy.replies import PhaseOutcome, collect_replies, require_quorum
+from fedmmkt_strategy.results import RunRecorder
+from fedmmkt_strategy.sampling import NodeSampler
+
+_CLIENT_KEYS = (P.MODALITY, P.ARCHITECTURE, P.PARTITION, P.NUM_PARTITIONS, P.PARTITION_ID)
+
+
+def check_metrics_reply(reply: Message, required: tuple[str, ...]) -> str | None:
+    """A train/evaluate reply must describe its node and carry finite metrics `required`."""
+    content = reply.content
+    if P.CLIENT not in content.config_records:
+        return f"missing ConfigRecord {P.CLIENT!r}"
+    missing = [k for k in _CLIENT_KEYS if k not in content.config_records[P.CLIENT]]
+    if missing:
+        return f"{P.CLIENT!r} lacks keys {missing}"
+    if P.METRICS not in content.metric_records:
+        return f"missing MetricRecord {P.METRICS!r}"
+    metrics = content.metric_records[P.METRICS]
+    for key in required:
+        value = metrics.get(key)
+        if not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+            return f"metric {key!r} is missing or not a finite number"
+    return None
+
+
+class FederatedStrategy(Strategy):
+    """Base of all strategies here: one round is (prepare) -> train.distill -> evaluate.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The validated run configuration (sampling, quorum and client knobs).
+    recorder : RunRecorder
+        Where per-client and per-round metrics go; files are rewritten every round.
+    """
+
+    train_metrics: tuple[str, ...] = (P.TRAIN_LOSS, P.NUM_EXAMPLES)
+    evaluate_metrics: tuple[str, ...] = (P.ACC_LOCAL, P.ACC_GLOBAL, P.NUM_EXAMPLES)
+
+    def __init__(self, config: RunConfig, recorder: RunRecorder):
+        self.config = config
+        self.recorder = recorder
+        self.sampler = NodeSampler(
+            min_nodes=config.min_nodes,
+            fraction=config.sample_fraction,
+            deadline=config.sample_deadline,
+            settle=config.node_settle,
+            seed=config.seed,
+        )
+        self.nodes: list[int] = []
+        self.clients: dict[int, dict[str, str | int]] = {}  # node id -> what it told us it runs
+        self._sent: dict[str, list[Message]] = {}
+
+    # ------------------------------------------------------------------ hooks
+    def prepare_round(self, server_round: int, grid: Grid) -> None:
+        """Work before training (e.g. synthesis and the inference sub-round); none by default."""
+
+    def train_content(self, server_round: int, node_id: int) -> RecordDict:
+        """Records of the train.distill message to one node."""
+        return RecordDict({P.CONFIG: ConfigRecord({P.SERVER_ROUND: server_round, P.RETURN_ARRAYS: False})})
+
+    def evaluate_content(self, server_round: int, node_id: int) -> RecordDict:
+        """Records of the evaluate message to one node."""
+        return RecordDict({P.CONFIG: ConfigRecord({P.SERVER_ROUND: server_round})})
+
+    def after_train(self, server_round: int, outcome: PhaseOutcome) -> None:
+        """Use the accepted train replies (e.g. average weights); nothing by default."""
+
+    def check_train_reply(self, reply: Message) -> str | None:
+        return check_metrics_reply(reply, self.train_metrics)
+
+    # ------------------------------------------------------------------ messaging
+    def send(self, phase: str, message_type: str, server_round: int, contents: dict[int, RecordDict]) -> list[Message]:
+        """Build one message per node, count downlink bytes, and remember them for reply matching."""
+        messages = []
+        for node, content in contents.items():
+            self.recorder.client(server_round, node, bytes_down=payload_bytes(content))
+            messages.append(Message(content, dst_node_id=node, message_type=message_type, group_id=str(server_round)))
+        self._sent[phase] = messages
+        return messages
+
+    def receive(self, phase: str, server_round: int, replies: Iterable[Message], check) -> PhaseOutcome:
+        """Match, check and account the replies of a phase; fail below the quorum."""
+        outcome = collect_replies(phase, self._sent.pop(phase, []), replies, check)
+        for node, reason in outcome.failed.items():
+            self.recorder.failure(server_round, phase, node, reason)
+        for node, reply in outcome.ok.items():
+            self.recorder.client(server_round, node, bytes_up=payload_bytes(reply.content))
+            if P.CLIENT in reply.content.config_records:
+                info = dict(reply.content.config_records[P.CLIENT])
+                self.clients[node] = info
+                self.recorder.client(
+                    server_round,
+                    node,
+                    modality=info[P.MODALITY],
+                    architecture=info[P.ARCHITECTURE],
+                    partition_id=info[P.PARTITION_ID],
+                )
+        require_quorum(phase, outcome, self.config.min_reply_fraction, self.config.min_nodes)
+        return outcome
+
+    # ------------------------------------------------------------------ Strategy API
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.nodes = self.sampler.sample(grid, server_round)
+        self.prepare_round(server_round, grid)
+        contents = {node: self.train_content(server_round, node) for node in self.nodes}
+        return self.send(P.TRAIN_DISTILL, P.TRAIN_DISTILL, server_round, contents)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        outcome = self.receive(P.TRAIN_DISTILL, server_round, replies, self.check_train_reply)
+        losses = []
+        for node, reply in outcome.ok.items():
+            metrics = reply.content.metric_records[P.METRICS]
+            self.recorder.client(server_round, node, train_loss=float(metrics[P.TRAIN_LOSS]))
+            losses.append(float(metrics[P.TRAIN_LOSS]))
+        self.after_train(server_round, outcome)
+        return None, MetricRecord({"train-loss-mean": sum(losses) / len(losses), "clients": len(losses)})
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        contents = {node: self.evaluate_content(server_round, node) for node in self.nodes}
+        return self.send(P.EVALUATE, P.EVALUATE, server_round, contents)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        check = lambda reply: check_metrics_reply(reply, self.evaluate_metrics)  # noqa: E731
+        outcome = self.receive(P.EVALUATE, server_round, replies, check)
+        for node, reply in outcome.ok.items():
+            m = reply.content.metric_records[P.METRICS]
+            self.recorder.client(
+                server_round,
+                node,
+                acc_local=float(m[P.ACC_LOCAL]),
+                acc_global=float(m[P.ACC_GLOBAL]),
+                loss_local=float(m.get(P.LOSS_LOCAL, float("nan"))),
+                loss_global=float(m.get(P.LOSS_GLOBAL, float("nan"))),
+                num_examples=int(m[P.NUM_EXAMPLES]),
+            )
+        self.recorder.write()
+        summary = self.recorder.round_summary(server_round)
+        log(
+            INFO,
+            "round %d: %s",
+            server_round,
+            ", ".join(f"{k}={v:.3f}" for k, v in summary.items() if "acc" in k),
+        )
+        return MetricRecord({k: float(v) for k, v in summary.items()})
+
+    def summary(self) -> None:
+        log(INFO, "\t├── %s", type(self).__name__)
+        for key, value in self.config.as_run_config().items():
+            log(INFO, "\t│   ├── %s: %s", key, value)

@@ -1,0 +1,122 @@
+"""The run configuration: every knob of `[tool.flwr.app.config]`, validated by pydantic.
+
+Both apps parse `context.run_config` through `RunConfig.from_run_config` before doing any work,
+so a wrong value stops the run at once with a message that names the key, the value and what is
+allowed, instead of failing minutes later inside a round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from task_models.layout import LayoutEntry, parse_layout
+from task_models.splits import DomainSpec
+
+STRATEGY_NAMES = ("local", "fedavg")
+StrategyName = Literal["local", "fedavg"]
+
+
+class ConfigError(ValueError):
+    """A run-config value is invalid; the message says which key and what to change."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class RunConfig(BaseModel):
+    """Validated run configuration; field names are the run-config keys with '-' written '_'."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=_kebab, populate_by_name=True)
+
+    # -- federation
+    strategy: StrategyName = "fedavg"
+    num_server_rounds: int = Field(5, ge=1)
+    seed: int = Field(0, ge=0)
+    client_layout: str = "image:cnn,image:resnet,image:cnn-small,image:vit,text:gru,text:transformer,text:gru,text:bow"
+    dirichlet_alpha: float = Field(0.5, gt=0)
+    local_test_fraction: float = Field(0.2, gt=0, lt=1)
+    # -- toy domain
+    image_size: Literal[32, 64] = 32
+    pool_size: int = Field(4000, ge=100)
+    test_per_class: int = Field(20, ge=1)
+    caption_partial_rate: float = Field(0.4, ge=0, le=1)
+    # -- client training
+    local_epochs: int = Field(2, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    fusion_dim: int = Field(128, ge=2)
+    distill_temperature: float = Field(2.0, gt=0)
+    lambda_kl: float = Field(1.0, ge=0)
+    lambda_rep: float = Field(0.5, ge=0)
+    # -- sampling, quorum, timeouts
+    min_nodes: int = Field(2, ge=1)
+    sample_fraction: float = Field(1.0, gt=0, le=1)
+    sample_deadline: float = Field(120.0, gt=0)
+    node_settle: float = Field(2.0, ge=0)
+    round_timeout: float = Field(900.0, gt=0)
+    min_reply_fraction: float = Field(0.5, gt=0, le=1)
+    # -- outputs
+    results_dir: str = "~/fedmmkt-results"
+    run_name: str = ""
+
+    @field_validator("client_layout")
+    @classmethod
+    def _layout_is_valid(cls, value: str) -> str:
+        parse_layout(value)
+        return value
+
+    @property
+    def layout(self) -> list[LayoutEntry]:
+        return parse_layout(self.client_layout)
+
+    @property
+    def domain(self) -> DomainSpec:
+        """The toy world's sizes, shared by server and clients so every node rebuilds the same pools."""
+        return DomainSpec(
+            seed=self.seed,
+            image_size=self.image_size,
+            pool_size=self.pool_size,
+            test_per_class=self.test_per_class,
+            caption_partial_rate=self.caption_partial_rate,
+        )
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.results_dir).expanduser()
+
+    def as_run_config(self) -> dict[str, Any]:
+        """The config as run-config keys (kebab-case), e.g. for metrics.json."""
+        return self.model_dump(by_alias=True)
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Validate a Flower run config; raise `ConfigError` naming every bad key."""
+        try:
+            return cls.model_validate(dict(run_config))
+        except ValidationError as err:
+            raise ConfigError(format_errors(err)) from None
+
+
+def format_errors(err: ValidationError) -> str:
+    """One line per bad key: the key, the value given, what is allowed, and where to change it."""
+    lines = ["invalid run config:"]
+    for e in err.errors():
+        key = ".".join(str(part) for part in e["loc"]) or "<config>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key; known keys: {', '.join(sorted(_known_keys()))}")
+        else:
+            message = e["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key} = {e.get('input')!r}: {message}")
+    lines.append(
+        "change it in [tool.flwr.app.config] of pyproject.toml or pass --run-config 'key=value' to flwr run"
+    )
+    return "\n".join(lines)
+
+
+def _known_keys() -> list[str]:
+    return [_kebab(name) for name in RunConfig.model_fields]

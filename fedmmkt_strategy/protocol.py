@@ -1,0 +1,56 @@
+"""Message types and record keys exchanged between the ServerApp and the ClientApps.
+
+One place for every name on the wire, so the strategy, the client and `docs/protocol.md`
+cannot drift apart (a test checks the page lists every key defined here).
+"""
+
+from __future__ import annotations
+
+# -- message types (Flower requires "<train|evaluate|query>.<action>")
+QUERY_INFER = "query.infer"
+TRAIN_DISTILL = "train.distill"
+EVALUATE = "evaluate"
+
+# -- server -> client records
+CONFIG = "config"  # ConfigRecord: per-message settings below
+ARRAYS = "arrays"  # ArrayRecord: model weights (FedAvg) in either direction
+SYNTHETIC = "synthetic"  # ArrayRecord: the synthetic inputs of the client's modality
+TARGETS = "targets"  # ArrayRecord: distillation targets on the synthetic set
+
+# keys inside CONFIG
+SERVER_ROUND = "server-round"
+RETURN_ARRAYS = "return-arrays"  # bool: reply with the trained weights under ARRAYS
+
+# keys inside SYNTHETIC
+IMAGES = "images"  # uint8 [N, H, W, 3]
+CAPTIONS = "captions"  # str [N]
+
+# keys inside TARGETS
+SOFT_LABELS = "soft-labels"  # float32 [M, C], rows sum to one
+FUSED = "fused"  # float32 [M, d], L2-normalised (optional)
+INDICES = "indices"  # int64 [M], rows of SYNTHETIC the targets refer to
+
+# -- client -> server records
+CLIENT = "client"  # ConfigRecord describing the node (keys below)
+METRICS = "metrics"  # MetricRecord: losses, accuracies, "num-examples"
+INFERENCE = "inference"  # ArrayRecord: the client's outputs on SYNTHETIC
+
+# keys inside CLIENT
+MODALITY = "modality"
+ARCHITECTURE = "architecture"
+PARTITION = "partition"
+NUM_PARTITIONS = "num-partitions"
+PARTITION_ID = "partition-id"
+
+# keys inside INFERENCE
+PROBS = "probs"  # float32 [N, C]
+ENTROPY = "entropy"  # float32 [N], natural log
+EMBEDDING = "embedding"  # float32 [N, d], projected, L2-normalised
+
+# keys inside METRICS
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+ACC_LOCAL = "acc-local"
+ACC_GLOBAL = "acc-global"
+LOSS_LOCAL = "loss-local"
+LOSS_GLOBAL = "loss-global"

@@ -1,0 +1,72 @@
+"""A client's private data: its Dirichlet partition of its modality's pool, split train/test.
+
+The partition is computed with flwr-datasets' `DirichletPartitioner` (label skew, alpha from
+the run config) on the locally regenerated pool, so private samples are never sent anywhere:
+every client rebuilds the same pool from the shared seed and keeps only its own share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from flwr_datasets.partitioner import DirichletPartitioner
+
+from task_models import splits
+from task_models.modality import Modality
+
+
+@dataclass(frozen=True)
+class LabelledInputs:
+    """Raw inputs of one modality (uint8 images or caption strings) with their labels."""
+
+    inputs: np.ndarray | list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """A client's local train and test splits, and the global balanced test set of its modality."""
+
+    train: LabelledInputs
+    test: LabelledInputs
+    global_test: LabelledInputs
+
+
+def _as_inputs(rows: dict, modality: Modality, all_captions: bool) -> LabelledInputs:
+    labels = np.asarray(rows["label"], dtype=np.int64)
+    if modality == "image":
+        return LabelledInputs(np.asarray(rows["image"], dtype=np.uint8), labels)
+    captions = [list(c) for c in rows["captions"]]
+    if all_captions:  # every caption of a training image is a training text
+        texts = [str(t) for caps in captions for t in caps]
+        return LabelledInputs(texts, np.repeat(labels, [len(c) for c in captions]))
+    return LabelledInputs([str(caps[0]) for caps in captions], labels)
+
+
+@lru_cache(maxsize=4)
+def load_client_data(
+    spec: splits.DomainSpec,
+    modality: Modality,
+    partition: int,
+    num_partitions: int,
+    alpha: float,
+    test_fraction: float = 0.2,
+) -> ClientData:
+    """Partition `modality`'s pool with Dirichlet(alpha) and return this client's share."""
+    pool = splits.load_split(splits.pool_split(modality), spec)
+    partitioner = DirichletPartitioner(
+        num_partitions=num_partitions, partition_by="label", alpha=alpha, min_partition_size=10, seed=spec.seed
+    )
+    partitioner.dataset = pool
+    part = partitioner.load_partition(partition).train_test_split(test_size=test_fraction, seed=spec.seed)
+    global_test = splits.load_split(splits.test_split(modality), spec)
+    return ClientData(
+        train=_as_inputs(part["train"].with_format("numpy")[:], modality, all_captions=True),
+        test=_as_inputs(part["test"].with_format("numpy")[:], modality, all_captions=False),
+        global_test=_as_inputs(global_test.with_format("numpy")[:], modality, all_captions=False),
+    )

@@ -1,0 +1,49 @@
+"""Modalities and how raw inputs of each become model tensors.
+
+Raw inputs are what travels in messages and lives in datasets: uint8 images [N, H, W, 3] and
+caption strings. Every task model of a modality takes the same tensor, so the server can send
+one synthetic set to all clients of a modality, whatever their architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+
+from task_models.tokenizer import build_tokenizer
+
+Modality = Literal["image", "text"]
+MODALITIES: tuple[Modality, ...] = ("image", "text")
+TEXT_MAX_LENGTH = 32
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def texts_to_tensor(texts: Sequence[str]) -> torch.Tensor:
+    """Captions -> int64 token ids [N, TEXT_MAX_LENGTH], padded with 0."""
+    tokenizer = build_tokenizer(TEXT_MAX_LENGTH)
+    encoded = tokenizer(
+        list(texts), padding="max_length", truncation=True, max_length=TEXT_MAX_LENGTH, return_tensors="pt"
+    )
+    return encoded["input_ids"]
+
+
+def to_model_input(modality: Modality, raw: np.ndarray | Sequence[str]) -> torch.Tensor:
+    """Encode raw inputs of a modality for its task models."""
+    if modality == "image":
+        return images_to_tensor(np.asarray(raw))
+    if modality == "text":
+        return texts_to_tensor([str(t) for t in raw])
+    raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+
+
+def vocab_size() -> int:
+    """Size of the text vocabulary (embedding tables of text models)."""
+    return len(build_tokenizer(TEXT_MAX_LENGTH))

@@ -1,0 +1,158 @@
+"""Client task models: one interface for every modality and architecture.
+
+A `TaskModel` wraps a backbone that maps a batch to an embedding [N, d_k] and adds two heads:
+a classifier (logits [N, C]) and a projection into the shared fusion space (d, L2-normalised).
+The projection lives with the client, so heterogeneous widths d_k are aligned at the source and
+the server only ever sees d-dimensional vectors (ALGORITHM.md, "Roles and data").
+
+Backbones are built from config with random initialisation: no pretrained download.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel, ViTConfig, ViTModel
+
+from task_models.modality import TEXT_MAX_LENGTH, Modality
+from task_models.tokenizer import PAD_ID
+
+
+class TaskModel(nn.Module):
+    """A backbone plus classifier and projection heads.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        Maps a model-input tensor of its modality to an embedding [N, embed_dim].
+    embed_dim : int
+        Width d_k of the backbone's embedding.
+    num_classes : int
+        Size C of the shared label space.
+    fusion_dim : int
+        Width d of the shared fusion space the projection head maps into.
+    modality : str
+        "image" or "text": which raw inputs this model consumes.
+    """
+
+    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, fusion_dim: int, modality: Modality):
+        super().__init__()
+        self.modality = modality
+        self.embed_dim = embed_dim
+        self.backbone = backbone
+        self.classifier = nn.Linear(embed_dim, num_classes)
+        self.projection = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.GELU(), nn.Linear(embed_dim, fusion_dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (logits [N, C], embedding [N, d_k])."""
+        embedding = self.backbone(x)
+        return self.classifier(embedding), embedding
+
+    def project(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Map embeddings into the fusion space, L2-normalised: [N, d]."""
+        return F.normalize(self.projection(embedding), dim=-1)
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks and global average pooling; the strong, cheap image client."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = [3, width, 2 * width, 4 * width]
+        for c_in, c_out in zip(channels, channels[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_dim = channels[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class HFResNet(nn.Module):
+    """transformers' ResNet (basic blocks) from config: a ResNet-18-style image client."""
+
+    def __init__(self, depths: tuple[int, ...] = (2, 2, 2, 2), widths: tuple[int, ...] = (32, 64, 128, 256)):
+        super().__init__()
+        config = ResNetConfig(
+            num_channels=3, embedding_size=widths[0], hidden_sizes=list(widths), depths=list(depths), layer_type="basic"
+        )
+        self.net = ResNetModel(config)
+        self.out_dim = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values=x).pooler_output.flatten(1)
+
+
+class HFViT(nn.Module):
+    """transformers' ViT from config, [CLS] embedding: a realistic weak client from scratch."""
+
+    def __init__(self, image_size: int = 32, patch_size: int = 4, hidden: int = 96, layers: int = 4):
+        super().__init__()
+        config = ViTConfig(
+            image_size=image_size,
+            patch_size=patch_size,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=2 * hidden,
+        )
+        self.net = ViTModel(config, add_pooling_layer=False)
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values=x).last_hidden_state[:, 0]
+
+
+def _masked_mean(hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    mask = (ids != PAD_ID).unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+class GRUEncoder(nn.Module):
+    """Word embeddings and a bidirectional GRU, mean-pooled over real tokens."""
+
+    def __init__(self, vocab_size: int, embed: int = 64, hidden: int = 64):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed, padding_idx=PAD_ID)
+        self.gru = nn.GRU(embed, hidden, batch_first=True, bidirectional=True)
+        self.out_dim = 2 * hidden
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden, _ = self.gru(self.embedding(ids))
+        return _masked_mean(hidden, ids)
+
+
+class BagOfWords(nn.Module):
+    """Mean of word embeddings: the smallest text client (word order ignored)."""
+
+    def __init__(self, vocab_size: int, embed: int = 64):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed, padding_idx=PAD_ID)
+        self.out_dim = embed
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return _masked_mean(self.embedding(ids), ids)
+
+
+class TinyBert(nn.Module):
+    """transformers' BERT from config (2 layers, d=64), mean-pooled: the transformer text client."""
+
+    def __init__(self, vocab_size: int, hidden: int = 64, layers: int = 2):
+        super().__init__()
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=TEXT_MAX_LENGTH,
+            pad_token_id=PAD_ID,
+        )
+        self.net = BertModel(config, add_pooling_layer=False)
+        self.out_dim = hidden
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.net(input_ids=ids, attention_mask=(ids != PAD_ID).long()).last_hidden_state
+        return _masked_mean(hidden, ids)

@@ -1,0 +1,123 @@
+"""The toy world's data splits, as `datasets.Dataset` objects.
+
+- ``image_pool`` / ``text_pool``: the clients' private data, one pool per modality (image
+  clients and text clients hold different samples), later split by a Dirichlet partitioner.
+- ``public``: the server's public image-caption pairs for pre-training its T2I model and
+  captioner. Deliberately imperfect (ALGORITHM.md): for a seeded half of the classes, a share of
+  the captions describe the confusable neighbour class (the wrong petal count), the way a real
+  T2I model is wrong on a fine-grained domain. Self-fine-tuning cannot repair that; client votes can.
+- ``reference``: held-out real images for the T2I judge only; never seen by the federation.
+- ``image_test`` / ``text_test``: class-balanced global test sets, one per modality.
+
+Every split has its own seed offset, so splits never share a sample and any one of them can
+be rebuilt alone (a client regenerates only its own pool).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from datasets import Array3D, Dataset, Features, Sequence, Value
+
+from task_models import domain
+
+IMAGE_POOL, TEXT_POOL, PUBLIC, REFERENCE, IMAGE_TEST, TEXT_TEST = (
+    "image_pool",
+    "text_pool",
+    "public",
+    "reference",
+    "image_test",
+    "text_test",
+)
+_SEED_OFFSETS = {IMAGE_POOL: 11, TEXT_POOL: 23, PUBLIC: 37, REFERENCE: 41, IMAGE_TEST: 53, TEXT_TEST: 67}
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """Sizes and knobs of the toy world; every field is a run-config key (see `RunConfig`)."""
+
+    seed: int = 0
+    image_size: int = 32
+    pool_size: int = 4000
+    public_size: int = 3000
+    reference_per_class: int = 60
+    test_per_class: int = 20
+    captions_per_image: int = 3
+    caption_partial_rate: float = 0.4
+    public_confused_class_fraction: float = 0.5
+    public_confusion_rate: float = 0.3
+
+
+def _to_dataset(samples: domain.FlowerSamples, image_size: int, caption_labels: np.ndarray) -> Dataset:
+    features = Features(
+        {
+            "image": Array3D((image_size, image_size, 3), "uint8"),
+            "label": Value("int64"),
+            "captions": Sequence(Value("string")),
+            "caption_label": Value("int64"),
+        }
+    )
+    return Dataset.from_dict(
+        {
+            "image": samples.images,
+            "label": samples.labels,
+            "captions": samples.captions,
+            "caption_label": caption_labels,
+        },
+        features=features,
+    )
+
+
+def confused_classes(spec: DomainSpec) -> np.ndarray:
+    """The seeded set of classes whose public captions are partly wrong."""
+    rng = np.random.default_rng(spec.seed + 101)
+    n = int(round(spec.public_confused_class_fraction * domain.NUM_CLASSES))
+    return np.sort(rng.choice(domain.NUM_CLASSES, size=n, replace=False))
+
+
+def _labels_for(split: str, spec: DomainSpec, rng: np.random.Generator) -> np.ndarray:
+    if split in (IMAGE_TEST, TEXT_TEST):
+        return domain.balanced_labels(spec.test_per_class)
+    if split == REFERENCE:
+        return domain.balanced_labels(spec.reference_per_class)
+    size = spec.public_size if split == PUBLIC else spec.pool_size
+    return rng.integers(0, domain.NUM_CLASSES, size)
+
+
+def _public_caption_labels(labels: np.ndarray, spec: DomainSpec, rng: np.random.Generator) -> np.ndarray:
+    caption_labels = labels.copy()
+    confused = np.isin(labels, confused_classes(spec)) & (rng.random(len(labels)) < spec.public_confusion_rate)
+    caption_labels[confused] = [domain.confusable_neighbour(int(y)) for y in labels[confused]]
+    return caption_labels
+
+
+@lru_cache(maxsize=8)
+def load_split(split: str, spec: DomainSpec) -> Dataset:
+    """Generate one split deterministically from the spec (cached per process)."""
+    if split not in _SEED_OFFSETS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SEED_OFFSETS)}")
+    seed = spec.seed * 1000 + _SEED_OFFSETS[split]
+    rng = np.random.default_rng(seed)
+    labels = _labels_for(split, spec, rng)
+    caption_labels = _public_caption_labels(labels, spec, rng) if split == PUBLIC else labels
+    samples = domain.generate(
+        labels,
+        seed + 1,
+        image_size=spec.image_size,
+        captions_per_image=spec.captions_per_image,
+        partial_rate=spec.caption_partial_rate,
+        caption_labels=caption_labels,
+    )
+    return _to_dataset(samples, spec.image_size, caption_labels)
+
+
+def pool_split(modality: str) -> str:
+    """The client pool split of a modality."""
+    return {"image": IMAGE_POOL, "text": TEXT_POOL}[modality]
+
+
+def test_split(modality: str) -> str:
+    """The balanced global test split of a modality."""
+    return {"image": IMAGE_TEST, "text": TEXT_TEST}[modality]
