@@ -81,6 +81,7 @@ class NodeSampler:
         nodes = self.wait_for_nodes(grid)
         k = min(len(nodes), max(self.min_nodes, math.ceil(self.fraction * len(nodes))))
         rng = np.random.default_rng([self.seed, server_round])
-        chosen = sorted(int(n) for n in rng.choice(nodes, size=k, replace=False))
+        # Choose positions, not ids: node ids are uint64 and numpy would turn them into floats.
+        chosen = sorted(nodes[int(i)] for i in rng.choice(len(nodes), size=k, replace=False))
         log(INFO, "round %d: sampled %d of %d connected nodes", server_round, k, len(nodes))
         return chosen

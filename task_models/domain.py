@@ -121,10 +121,8 @@ _NUISANCE_TEMPLATES: tuple[str, ...] = (
 
 
 def _petal_phrase(count: str | None, shape: str | None, colour: str | None) -> str:
-    words = [w for w in (count, shape) if w]
-    if colour is not None and count is None:
-        words.append(colour)
-    return " ".join([*words, "petals"]) if words else "petals"
+    """E.g. "five pointed red petals"; `colour` is given only when the template has no colour slot."""
+    return " ".join([w for w in (count, shape, colour) if w] + ["petals"])
 
 
 def _fill(template: str, slots: dict[str, str | None]) -> str:
@@ -292,3 +290,26 @@ def generate(
 def balanced_labels(per_class: int, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """`per_class` copies of every label, in class order."""
     return np.repeat(np.arange(num_classes), per_class)
+
+
+def caption_attributes(text: str) -> dict[str, str | int]:
+    """The class attributes a caption names: any of ``colour``, ``count``, ``shape``.
+
+    The petal colour is the first colour word that is not the centre's (``... a yellow centre``).
+    Used to check that captions carry their class and to score a captioner.
+    """
+    words = re.findall(r"[\w-]+", text.lower())
+    found: dict[str, str | int] = {}
+    for i, word in enumerate(words):
+        nxt = words[i + 1] if i + 1 < len(words) else ""
+        if "colour" not in found and nxt not in ("centre", "center"):
+            for colour, synonyms in COLOUR_WORDS.items():
+                if word in synonyms:
+                    found["colour"] = colour
+        for count, synonyms in COUNT_WORDS.items():
+            if word in synonyms:
+                found.setdefault("count", count)
+        for shape, synonyms in SHAPE_WORDS.items():
+            if word in synonyms:
+                found.setdefault("shape", shape)
+    return found

@@ -39,12 +39,12 @@ class LocalGrid(Grid):
             )
             for i in range(num_nodes)
         }
-        self.down: set[int] = set()  # node ids that never answer
+        self.silent: set[int] = set()  # connected node ids that never answer
         self.sent: list[Message] = []
         self._replies: dict[str, Message] = {}
 
     def get_node_ids(self) -> Iterable[int]:
-        return [n for n in self.contexts if n not in self.down]
+        return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
@@ -53,7 +53,7 @@ class LocalGrid(Grid):
             msg.metadata.__dict__["_message_id"] = mid
             self.sent.append(msg)
             ids.append(mid)
-            if msg.metadata.dst_node_id in self.down:
+            if msg.metadata.dst_node_id in self.silent:
                 continue
             try:
                 reply = self.client_app(msg, self.contexts[msg.metadata.dst_node_id])

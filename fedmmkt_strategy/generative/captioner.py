@@ -70,7 +70,9 @@ def save_captioner(model: BlipForConditionalGeneration, processor: BlipProcessor
     processor.save_pretrained(path)
 
 
-def load_captioner(path_or_id: str, device: str = "cpu") -> tuple[BlipForConditionalGeneration, BlipProcessor]:
+def load_captioner(
+    path_or_id: str, device: str = "cpu"
+) -> tuple[BlipForConditionalGeneration, BlipProcessor]:
     """Load `B` from a folder or a hub id (e.g. ``"Salesforce/blip-image-captioning-base"``).
 
     Raises
@@ -135,7 +137,11 @@ def train_captioner(
     per_image = len(captions[0])
     flat = [c for image_captions in captions for c in image_captions]
     tokens = tokenizer(
-        flat, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        flat,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
     )
     pixels = pixel_values(processor, images_uint8)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)

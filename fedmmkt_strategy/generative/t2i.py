@@ -422,8 +422,13 @@ def _train_denoiser(
         eps = torch.randn(latent_mean[rows].shape, generator=generator)
         latents = (latent_mean[rows] + latent_std[rows] * eps) * vae.config.scaling_factor
         loss = _denoising_loss(
-            unet, text_encoder, noise_scheduler, latents.to(device, unet.dtype), ids.to(device),
-            pair_weights[pick].to(device), generator,
+            unet,
+            text_encoder,
+            noise_scheduler,
+            latents.to(device, unet.dtype),
+            ids.to(device),
+            pair_weights[pick].to(device),
+            generator,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,150 @@
+"""The reference classifier ("judge") that rates the T2I model's images (ALGORITHM.md, GenAcc).
+
+It is trained once on the REFERENCE split only, which the federation never sees. Generated
+images are softer than real ones, so a judge trained on crisp images under-rates them badly
+(60 % vs 97 % on the same VAE reconstructions, pitfall 4 of the notes); it therefore learns
+under random Gaussian blur, pixel noise and flips.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+
+class JudgeCNN(nn.Module):
+    """Three conv blocks (width, 2x, 4x) and a linear head; about 95 k parameters at width 32."""
+
+    def __init__(self, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        self.num_classes, self.width = num_classes, width
+        layers: list[nn.Module] = []
+        channels = 3
+        for out in (width, 2 * width, 4 * width):
+            layers += [
+                nn.Conv2d(channels, out, 3, padding=1),
+                nn.BatchNorm2d(out),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            channels = out
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(channels, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features: what domain FID compares."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def to_judge_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] to float [N, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.asarray(images, np.uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Blur (sigma 0.3-1.3, 70 % of images), Gaussian noise (std up to 0.1) and horizontal flips."""
+    n = len(x)
+    sigma = torch.empty(n).uniform_(0.3, 1.3, generator=generator)
+    blurred = _gaussian_blur(x, sigma)
+    keep_sharp = (torch.rand(n, generator=generator) < 0.3).view(n, 1, 1, 1)
+    x = torch.where(keep_sharp, x, blurred)
+    x = x + torch.randn(x.shape, generator=generator) * torch.rand(n, 1, 1, 1, generator=generator) * 0.1
+    flip = (torch.rand(n, generator=generator) < 0.5).view(n, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """Separable blur with one sigma per image, as a grouped convolution (reflect padding)."""
+    n, c, h, w = x.shape
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None] ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [n*c, k]
+    flat = x.reshape(1, n * c, h, w)
+    flat = F.conv2d(
+        F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=n * c
+    )
+    flat = F.conv2d(
+        F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=n * c
+    )
+    return flat.reshape(n, c, h, w)
+
+
+def train_judge(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    epochs: int = 30,
+    lr: float = 2e-3,
+    batch_size: int = 64,
+    width: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+) -> JudgeCNN:
+    """Train a judge on real images (the REFERENCE split) with blur/noise/flip augmentation.
+
+    One-cycle lr schedule, AdamW. Returns the judge in eval mode.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        judge = JudgeCNN(num_classes, width)
+    x_all, y_all = to_judge_input(images), torch.as_tensor(labels, dtype=torch.long)
+    steps_per_epoch = max(1, len(x_all) // batch_size)
+    optimizer = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
+    judge.train()
+    for _ in tqdm(range(epochs), desc="judge", unit="epoch", disable=not progress):
+        order = torch.randperm(len(x_all), generator=generator)
+        for b in range(steps_per_epoch):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            loss = F.cross_entropy(judge(augment(x_all[idx], generator)), y_all[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return judge.eval()
+
+
+@torch.no_grad()
+def judge_logits(judge: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Class logits [N, C] for uint8 images."""
+    judge.eval()
+    out = [judge(to_judge_input(images[s : s + batch_size])) for s in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, judge.num_classes), np.float32)
+
+
+def judge_predict(judge: nn.Module, images: np.ndarray) -> np.ndarray:
+    """Predicted labels [N] (int64) for uint8 images."""
+    return judge_logits(judge, images).argmax(1).astype(np.int64)
+
+
+@torch.no_grad()
+def judge_features(judge: JudgeCNN, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Penultimate features [N, d] (float64) for uint8 images, for domain FID."""
+    judge.eval()
+    out = [
+        judge.features(to_judge_input(images[s : s + batch_size])) for s in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out).double().numpy()
+
+
+def save_judge(judge: JudgeCNN, path: str | Path) -> None:
+    """Save weights plus the two constructor arguments, so `load_judge` needs nothing else."""
+    torch.save({"num_classes": judge.num_classes, "width": judge.width, "state": judge.state_dict()}, path)
+
+
+def load_judge(path: str | Path) -> JudgeCNN:
+    """Load a judge written by `save_judge`, in eval mode."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    judge = JudgeCNN(blob["num_classes"], blob["width"])
+    judge.load_state_dict(blob["state"])
+    return judge.eval()

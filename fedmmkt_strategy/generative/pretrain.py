@@ -1,0 +1,329 @@
+"""One-off bootstrap of the toy world's server models: judge, VAE, T2I denoiser, captioner.
+
+Pre-training takes minutes of CPU, so it runs once per configuration and its results live in
+a cache folder, ``$XDG_CACHE_HOME/fedmmkt/<hash of the spec>`` (default ``~/.cache/fedmmkt``),
+never beside the code. Each phase writes into a temporary folder and renames it into place
+when done, so a finished phase is skipped on the next call and an interrupted one restarts.
+The T2I model is trained on the deliberately imperfect PUBLIC split with a modest budget: it
+should be useful but clearly imperfect (GenAcc roughly 30-60 %, ALGORITHM.md, "Two worlds").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from transformers import PreTrainedTokenizerBase
+
+from fedmmkt_strategy.generative import captioner as cap
+from fedmmkt_strategy.generative import judge as jdg
+from fedmmkt_strategy.generative import quality, t2i
+from task_models import domain, splits
+from task_models.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+
+#: Bump when a recipe changes in a way the spec does not capture, to invalidate old caches.
+RECIPE_VERSION = 1
+PHASE_META = "fedmmkt_phase.json"
+JUDGE, VAE, T2I, CAPTIONER, EVAL = "judge", "vae", "t2i", "captioner", "eval"
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """Everything that decides the pre-trained models; its hash names the cache folder.
+
+    Step budgets are the knobs that place the T2I model in the target quality band; the
+    defaults were measured to take about 12 minutes on 2 CPU cores (see the module docstring).
+    """
+
+    domain: splits.DomainSpec = splits.DomainSpec()
+    seed: int = 0
+    tokenizer_max_length: int = 24
+    batch_size: int = 64
+    judge_epochs: int = 60
+    vae_steps: int = 500
+    vae_lr: float = 1e-3
+    t2i_steps: int = 900
+    t2i_lr: float = 5e-4
+    captioner_steps: int = 2000
+    captioner_lr: float = 5e-4
+    eval_per_class: int = 10
+    eval_steps: int = 25
+    eval_guidance: float = 3.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"recipe_version": RECIPE_VERSION, **dataclasses.asdict(self)}
+
+    def key(self) -> str:
+        """A short, stable hash of the spec (and recipe version)."""
+        text = json.dumps(self.as_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class PretrainedModels:
+    """Where the pre-trained models are; the folders load with `load_pipeline` / `load_captioner`."""
+
+    root: Path
+    t2i: Path
+    captioner: Path
+    judge: Path
+    reference_features: Path
+    report: Path
+
+    def load_report(self) -> dict[str, Any]:
+        return json.loads(self.report.read_text())
+
+
+def default_cache_root() -> Path:
+    """``$XDG_CACHE_HOME/fedmmkt``, or ``~/.cache/fedmmkt``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fedmmkt"
+
+
+def ensure_pretrained(
+    spec: PretrainSpec = PretrainSpec(), cache_root: Path | None = None, progress: bool = True
+) -> PretrainedModels:
+    """Train whatever of the server models is missing from the cache, then return their paths.
+
+    Phases, in order: judge (REFERENCE split), VAE, T2I denoiser and text encoder, captioner
+    (all three on PUBLIC), evaluation of the T2I model. A phase whose folder exists is skipped.
+    """
+    root = (cache_root or default_cache_root()) / spec.key()
+    root.mkdir(parents=True, exist_ok=True)
+    _write_atomic(root / "spec.json", json.dumps(spec.as_dict(), indent=2, sort_keys=True))
+    _remove_stale_tmp(root)
+    tokenizer = build_tokenizer(spec.tokenizer_max_length)
+    phases: dict[str, Callable[[Path], dict[str, Any]]] = {
+        JUDGE: lambda out: _train_judge_phase(spec, out, progress),
+        VAE: lambda out: _train_vae_phase(spec, root, tokenizer, out, progress),
+        T2I: lambda out: _train_t2i_phase(spec, root, tokenizer, out, progress),
+        CAPTIONER: lambda out: _train_captioner_phase(spec, tokenizer, out, progress),
+        EVAL: lambda out: _eval_phase(spec, root, out, progress),
+    }
+    metas = {name: _run_phase(root, name, run) for name, run in phases.items()}
+    report = {
+        "spec_key": spec.key(),
+        "phases": metas,
+        "total_seconds": sum(m["seconds"] for m in metas.values()),
+    }
+    _write_atomic(root / "report.json", json.dumps(report, indent=2))
+    return PretrainedModels(
+        root=root,
+        t2i=root / T2I,
+        captioner=root / CAPTIONER,
+        judge=root / JUDGE / "judge.pt",
+        reference_features=root / JUDGE / "reference_features.npy",
+        report=root / "report.json",
+    )
+
+
+def _run_phase(root: Path, name: str, run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Run one phase into a private temporary folder and rename it into place; skip if done."""
+    final = root / name
+    if final.is_dir():
+        log.info("phase %s: cached in %s, skipped", name, final)
+        return json.loads((final / PHASE_META).read_text())
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    log.info("phase %s: started", name)
+    start = time.perf_counter()
+    meta = {**run(tmp), "seconds": round(time.perf_counter() - start, 1)}
+    (tmp / PHASE_META).write_text(json.dumps(meta, indent=2))
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another process finished the same phase first; keep its result
+        shutil.rmtree(tmp, ignore_errors=True)
+        return json.loads((final / PHASE_META).read_text())
+    log.info("phase %s: done in %.1f s: %s", name, meta["seconds"], _short(meta))
+    return meta
+
+
+def _train_judge_phase(spec: PretrainSpec, out: Path, progress: bool) -> dict[str, Any]:
+    images, labels, _ = _split_arrays(splits.REFERENCE, spec.domain)
+    judge = jdg.train_judge(
+        images, labels, domain.NUM_CLASSES, epochs=spec.judge_epochs, seed=spec.seed + 1, progress=progress
+    )
+    jdg.save_judge(judge, out / "judge.pt")
+    np.save(out / "reference_features.npy", jdg.judge_features(judge, images))
+    test_images, test_labels, _ = _split_arrays(splits.IMAGE_TEST, spec.domain)
+    return {"real_test_acc": quality.gen_acc(judge, test_images, test_labels)}
+
+
+def _train_vae_phase(
+    spec: PretrainSpec, root: Path, tokenizer: PreTrainedTokenizerBase, out: Path, progress: bool
+) -> dict[str, Any]:
+    images, _, _ = _split_arrays(splits.PUBLIC, spec.domain)
+    vae = t2i.build_tiny_pipeline(tokenizer, spec.domain.image_size, spec.seed).vae
+    mse = t2i.train_vae(
+        vae,
+        images,
+        steps=spec.vae_steps,
+        lr=spec.vae_lr,
+        batch_size=spec.batch_size,
+        seed=spec.seed + 2,
+        progress=progress,
+    )
+    vae.save_pretrained(out)
+    test_images, test_labels, _ = _split_arrays(splits.IMAGE_TEST, spec.domain)
+    judge = jdg.load_judge(root / JUDGE / "judge.pt")
+    return {
+        "train_mse": mse,
+        "scaling_factor": vae.config.scaling_factor,
+        "reconstruction_judge_acc": quality.gen_acc(judge, _reconstruct(vae, test_images), test_labels),
+    }
+
+
+def _train_t2i_phase(
+    spec: PretrainSpec, root: Path, tokenizer: PreTrainedTokenizerBase, out: Path, progress: bool
+) -> dict[str, Any]:
+    images, _, captions = _split_arrays(splits.PUBLIC, spec.domain)
+    pipe = t2i.build_tiny_pipeline(tokenizer, spec.domain.image_size, spec.seed)
+    pipe.vae = AutoencoderKL.from_pretrained(root / VAE).eval()
+    loss = t2i.pretrain_denoiser(
+        pipe,
+        images,
+        captions,
+        steps=spec.t2i_steps,
+        lr=spec.t2i_lr,
+        batch_size=spec.batch_size,
+        seed=spec.seed + 3,
+        progress=progress,
+    )
+    pipe.save_pretrained(out)
+    return {"train_loss": loss}
+
+
+def _train_captioner_phase(
+    spec: PretrainSpec, tokenizer: PreTrainedTokenizerBase, out: Path, progress: bool
+) -> dict[str, Any]:
+    images, _, captions = _split_arrays(splits.PUBLIC, spec.domain)
+    model, processor = cap.build_tiny_captioner(tokenizer, spec.domain.image_size, spec.seed)
+    loss = cap.train_captioner(
+        model,
+        processor,
+        images,
+        captions,
+        steps=spec.captioner_steps,
+        lr=spec.captioner_lr,
+        batch_size=spec.batch_size,
+        seed=spec.seed + 4,
+        progress=progress,
+    )
+    cap.save_captioner(model, processor, out)
+    test_images, test_labels, _ = _split_arrays(splits.IMAGE_TEST, spec.domain)
+    accuracy = quality.caption_attribute_accuracy(
+        cap.caption_images(model, processor, test_images), test_labels
+    )
+    return {"train_loss": loss, "real_test_caption_acc": accuracy}
+
+
+def _eval_phase(spec: PretrainSpec, root: Path, out: Path, progress: bool) -> dict[str, Any]:
+    metrics = quality.evaluate_t2i(
+        t2i.load_pipeline(str(root / T2I)),
+        jdg.load_judge(root / JUDGE / "judge.pt"),
+        np.load(root / JUDGE / "reference_features.npy"),
+        per_class=spec.eval_per_class,
+        seed=spec.seed + 5,
+        steps=spec.eval_steps,
+        guidance=spec.eval_guidance,
+        grid_path=out / "samples.png",
+        progress=progress,
+    )
+    return {**metrics, "sampler": f"DDIM {spec.eval_steps}, guidance {spec.eval_guidance}"}
+
+
+def _split_arrays(split: str, spec: splits.DomainSpec) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    data = splits.load_split(split, spec).with_format("numpy")[:]
+    captions = [[str(c) for c in row] for row in data["captions"]]
+    return data["image"].astype(np.uint8), data["label"].astype(np.int64), captions
+
+
+def _reconstruct(vae: AutoencoderKL, images: np.ndarray) -> np.ndarray:
+    """VAE round trip through the posterior mean: the ceiling of what the T2I model can draw."""
+    with torch.no_grad():
+        x = vae.decode(vae.encode(t2i.images_to_tensor(images)).latent_dist.mean).sample
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    """Delete temporary folders left by interrupted runs whose process is gone."""
+    for tmp in root.glob(".*.tmp-*"):
+        pid = int(tmp.name.rsplit("-", 1)[1])
+        try:
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _short(meta: dict[str, Any]) -> str:
+    scalars = {k: v for k, v in meta.items() if not isinstance(v, (list, dict))}
+    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in scalars.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``fedmmkt pretrain``: build the toy world's server models into the cache and print the report."""
+    defaults = PretrainSpec()
+    parser = argparse.ArgumentParser(prog="fedmmkt pretrain", description=main.__doc__)
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help=f"cache root (default {default_cache_root()})"
+    )
+    parser.add_argument("--force", action="store_true", help="discard this spec's cached models and retrain")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    for field in ("judge_epochs", "vae_steps", "t2i_steps", "captioner_steps", "eval_per_class"):
+        parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = PretrainSpec(
+        seed=args.seed,
+        judge_epochs=args.judge_epochs,
+        vae_steps=args.vae_steps,
+        t2i_steps=args.t2i_steps,
+        captioner_steps=args.captioner_steps,
+        eval_per_class=args.eval_per_class,
+    )
+    if args.force:
+        shutil.rmtree((args.cache_dir or default_cache_root()) / spec.key(), ignore_errors=True)
+    models = ensure_pretrained(spec, args.cache_dir, progress=not args.quiet)
+    report = models.load_report()
+    evaluation = report["phases"][EVAL]
+    print(f"T2I pipeline: {models.t2i}\ncaptioner:    {models.captioner}\njudge:        {models.judge}")
+    print(
+        f"GenAcc {evaluation['gen_acc']:.3f}  domain FID {evaluation['fid']:.2f}  "
+        f"({evaluation['num_images']} images, {evaluation['sampler']}); "
+        f"pre-training took {report['total_seconds']:.0f} s in total"
+    )
+    print(f"report: {models.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

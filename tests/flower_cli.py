@@ -1,0 +1,84 @@
+"""Running real Flower processes from tests: an owned SuperLink, `flwr run`, status checks.
+
+Every process started here is stopped by its process group id, so nothing outlives a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower CLIs: own FLWR_HOME, no runtime dependency installation."""
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_TELEMETRY_ENABLED="0",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    return env
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start a process in its own session (so its children can be stopped together)."""
+    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a process started by `start` and all its children, by process group id."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def run_status(connection: str, run_id: int, env: dict[str, str]) -> tuple[str, str]:
+    """(status, status-details) of a run, from `flwr ls --format json`."""
+    out = subprocess.run(
+        [str(BIN / "flwr"), "ls", connection, "--run-id", str(run_id), "--format", "json"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    run = json.loads(out)["runs"][0]
+    return run["status"], run.get("status-details", "")
+
+
+def wait_for_run(connection: str, run_id: int, env: dict[str, str], timeout: float) -> tuple[str, str]:
+    """Poll until the run has finished; return (status, details), e.g. ('finished:completed', 'N/A')."""
+    deadline = time.monotonic() + timeout
+    status = "unknown"
+    while time.monotonic() < deadline:
+        status, details = run_status(connection, run_id, env)
+        if status.startswith("finished"):
+            return status, details
+        time.sleep(2)
+    raise TimeoutError(f"run {run_id} still {status!r} after {timeout} s")
