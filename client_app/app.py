@@ -32,12 +32,18 @@ def query_infer(msg: Message, context: Context) -> Message:
     """Probabilities, entropies and projected embeddings on the synthetic inputs."""
     node = ClientNode.from_context(context)
     out = infer(node.model, _synthetic_inputs(node, msg))
-    content = RecordDict({
-        P.INFERENCE: ArrayRecord({
-            P.PROBS: Array(out.probs), P.ENTROPY: Array(out.entropy), P.EMBEDDING: Array(out.embedding),
-        }),
-        P.CLIENT: node.describe(),
-    })
+    content = RecordDict(
+        {
+            P.INFERENCE: ArrayRecord(
+                {
+                    P.PROBS: Array(out.probs),
+                    P.ENTROPY: Array(out.entropy),
+                    P.EMBEDDING: Array(out.embedding),
+                }
+            ),
+            P.CLIENT: node.describe(),
+        }
+    )
     return Message(content, reply_to=msg)
 
 
@@ -51,7 +57,9 @@ def _distill_targets(node: ClientNode, msg: Message) -> DistillTargets | None:
         inputs=_synthetic_inputs(node, msg)[rows],
         soft_labels=torch.as_tensor(targets[P.SOFT_LABELS].numpy()).float(),
         fused=torch.as_tensor(targets[P.FUSED].numpy()).float() if P.FUSED in targets else None,
-        temperature=cfg.distill_temperature, lambda_kl=cfg.lambda_kl, lambda_rep=cfg.lambda_rep,
+        temperature=cfg.distill_temperature,
+        lambda_kl=cfg.lambda_kl,
+        lambda_rep=cfg.lambda_rep,
     )
 
 
@@ -64,16 +72,24 @@ def train_distill(msg: Message, context: Context) -> Message:
     cfg, server_round = node.config, int(msg.content[P.CONFIG][P.SERVER_ROUND])
     x, y = node.tensors("train")
     settings = TrainSettings(epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size)
-    stats = train_model(node.model, x, y, settings, seed=cfg.seed * 1000 + server_round,
-                        distill=_distill_targets(node, msg))
+    stats = train_model(
+        node.model, x, y, settings, seed=cfg.seed * 1000 + server_round, distill=_distill_targets(node, msg)
+    )
     node.save(context)
-    content = RecordDict({
-        P.METRICS: MetricRecord({
-            P.TRAIN_LOSS: stats["loss"], P.NUM_EXAMPLES: int(stats["num-examples"]),
-            "ce": stats["ce"], "kl": stats["kl"], "rep": stats["rep"],
-        }),
-        P.CLIENT: node.describe(),
-    })
+    content = RecordDict(
+        {
+            P.METRICS: MetricRecord(
+                {
+                    P.TRAIN_LOSS: stats["loss"],
+                    P.NUM_EXAMPLES: int(stats["num-examples"]),
+                    "ce": stats["ce"],
+                    "kl": stats["kl"],
+                    "rep": stats["rep"],
+                }
+            ),
+            P.CLIENT: node.describe(),
+        }
+    )
     if msg.content[P.CONFIG].get(P.RETURN_ARRAYS, False):
         content[P.ARRAYS] = ArrayRecord(node.model.state_dict())
     return Message(content, reply_to=msg)
@@ -88,12 +104,18 @@ def evaluate(msg: Message, context: Context) -> Message:
         node.save(context)
     local = evaluate_model(node.model, *node.tensors("test"))
     global_ = evaluate_model(node.model, *node.tensors("global_test"))
-    content = RecordDict({
-        P.METRICS: MetricRecord({
-            P.ACC_LOCAL: local["accuracy"], P.LOSS_LOCAL: local["loss"],
-            P.ACC_GLOBAL: global_["accuracy"], P.LOSS_GLOBAL: global_["loss"],
-            P.NUM_EXAMPLES: int(local["num-examples"]),
-        }),
-        P.CLIENT: node.describe(),
-    })
+    content = RecordDict(
+        {
+            P.METRICS: MetricRecord(
+                {
+                    P.ACC_LOCAL: local["accuracy"],
+                    P.LOSS_LOCAL: local["loss"],
+                    P.ACC_GLOBAL: global_["accuracy"],
+                    P.LOSS_GLOBAL: global_["loss"],
+                    P.NUM_EXAMPLES: int(local["num-examples"]),
+                }
+            ),
+            P.CLIENT: node.describe(),
+        }
+    )
     return Message(content, reply_to=msg)

@@ -41,12 +41,18 @@ class ClientNode:
         partition_id = int(context.node_config["partition-id"])
         role = assign_node(partition_id, int(context.node_config["num-partitions"]), config.layout)
         data = load_client_data(
-            config.domain, role.modality, role.partition, role.num_partitions,
-            config.dirichlet_alpha, config.local_test_fraction,
+            config.domain,
+            role.modality,
+            role.partition,
+            role.num_partitions,
+            config.dirichlet_alpha,
+            config.local_test_fraction,
         )
         spec = ModelSpec(NUM_CLASSES, config.fusion_dim, vocab_size(), config.image_size)
         # Same seed for the same architecture on every node, so FedAvg groups start equal.
-        model = build_task_model(role.architecture, spec, seed=config.seed * 7919 + zlib.crc32(role.architecture.encode()))
+        model = build_task_model(
+            role.architecture, spec, seed=config.seed * 7919 + zlib.crc32(role.architecture.encode())
+        )
         if MODEL_STATE in context.state:
             model.load_state_dict(context.state[MODEL_STATE].to_torch_state_dict())
         return cls(config, role, partition_id, data, model)
@@ -58,13 +64,15 @@ class ClientNode:
         self.model.load_state_dict(arrays.to_torch_state_dict())
 
     def describe(self) -> ConfigRecord:
-        return ConfigRecord({
-            P.MODALITY: self.role.modality,
-            P.ARCHITECTURE: self.role.architecture,
-            P.PARTITION: self.role.partition,
-            P.NUM_PARTITIONS: self.role.num_partitions,
-            P.PARTITION_ID: self.partition_id,
-        })
+        return ConfigRecord(
+            {
+                P.MODALITY: self.role.modality,
+                P.ARCHITECTURE: self.role.architecture,
+                P.PARTITION: self.role.partition,
+                P.NUM_PARTITIONS: self.role.num_partitions,
+                P.PARTITION_ID: self.partition_id,
+            }
+        )
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Model inputs and labels of 'train', 'test' or 'global_test'."""

@@ -112,9 +112,7 @@ def format_errors(err: ValidationError) -> str:
         else:
             message = e["msg"].removeprefix("Value error, ")
             lines.append(f"  {key} = {e.get('input')!r}: {message}")
-    lines.append(
-        "change it in [tool.flwr.app.config] of pyproject.toml or pass --run-config 'key=value' to flwr run"
-    )
+    lines.append("change it in [tool.flwr.app.config] of pyproject.toml or pass --run-config 'key=value' to flwr run")
     return "\n".join(lines)
 
 

@@ -52,8 +52,6 @@ class PerArchitectureFedAvg(FederatedStrategy):
         groups: dict[str, list[RecordDict]] = defaultdict(list)
         for node, reply in outcome.ok.items():
             arch = str(self.clients[node][P.ARCHITECTURE])
-            groups[arch].append(
-                RecordDict({P.ARRAYS: reply.content[P.ARRAYS], P.METRICS: reply.content[P.METRICS]})
-            )
+            groups[arch].append(RecordDict({P.ARRAYS: reply.content[P.ARRAYS], P.METRICS: reply.content[P.METRICS]}))
         for arch, records in groups.items():
             self.global_models[arch] = aggregate_arrayrecords(records, P.NUM_EXAMPLES)

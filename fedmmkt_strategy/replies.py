@@ -40,7 +40,8 @@ def collect_replies(
             log(WARNING, "%s: dropping a reply to an unknown message", phase)
             continue
         if reply.has_error():
-            reason = f"error code {reply.error.code}: {reply.error.reason.strip().splitlines()[-1] if reply.error.reason else ''}"
+            last_line = (reply.error.reason or "").strip().splitlines()[-1:] or [""]
+            reason = f"error code {reply.error.code}: {last_line[0]}"
         else:
             reason = check(reply) if check else None
         if reason is None:

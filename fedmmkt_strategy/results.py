@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 CLIENT_FIELDS = (
     "round",
@@ -149,6 +150,7 @@ def plot_accuracy(data: dict[str, Any], path: Path) -> None:
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, color=colour, linewidth=2.5, marker="o", label=f"{modality} clients (mean)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("top-1 accuracy on the global test set")
     ax.set_ylim(0, 1)

@@ -195,9 +195,7 @@ def vocabulary() -> list[str]:
 # ----------------------------------------------------------------------------- images
 
 
-def _render_chunk(
-    rng: np.random.Generator, labels: np.ndarray, size: int
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _render_chunk(rng: np.random.Generator, labels: np.ndarray, size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Render one chunk of flowers; returns uint8 images [n, size, size, 3] and nuisance names."""
     n = len(labels)
     attrs = [CLASSES[int(y)] for y in labels]
@@ -277,9 +275,7 @@ def generate(
         for j in range(len(part)):
             named = {key: str(values[j]) for key, values in nuisance.items()}
             cap_label = int(caption_labels[start + j])
-            captions.append(
-                [make_caption(rng, cap_label, named, partial_rate) for _ in range(captions_per_image)]
-            )
+            captions.append([make_caption(rng, cap_label, named, partial_rate) for _ in range(captions_per_image)])
     if images:
         stacked = np.concatenate(images)
     else:

@@ -116,7 +116,9 @@ def train_model(
 
 
 @torch.no_grad()
-def evaluate_model(model: TaskModel, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
+def evaluate_model(
+    model: TaskModel, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
+) -> dict[str, float]:
     """Top-1 accuracy and mean cross-entropy."""
     model.eval()
     correct, loss = 0, 0.0

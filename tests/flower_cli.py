@@ -66,7 +66,10 @@ def run_status(connection: str, run_id: int, env: dict[str, str]) -> tuple[str, 
     """(status, status-details) of a run, from `flwr ls --format json`."""
     out = subprocess.run(
         [str(BIN / "flwr"), "ls", connection, "--run-id", str(run_id), "--format", "json"],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     run = json.loads(out)["runs"][0]
     return run["status"], run.get("status-details", "")

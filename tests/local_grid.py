@@ -27,15 +27,22 @@ def _ensure_task_identity() -> None:
 class LocalGrid(Grid):
     """A Grid over in-process nodes: node id -> Context (state persists across messages)."""
 
-    def __init__(self, client_app: Callable[[Message, Context], Message], run_config: dict, num_nodes: int,
-                 node_configs: list[dict] | None = None):
+    def __init__(
+        self,
+        client_app: Callable[[Message, Context], Message],
+        run_config: dict,
+        num_nodes: int,
+        node_configs: list[dict] | None = None,
+    ):
         _ensure_task_identity()
         self.client_app = client_app
         self.contexts = {
             100 + i: Context(
-                run_id=1, node_id=100 + i,
+                run_id=1,
+                node_id=100 + i,
                 node_config=(node_configs or [{}] * num_nodes)[i] | {"partition-id": i, "num-partitions": num_nodes},
-                state=RecordDict(), run_config=dict(run_config),
+                state=RecordDict(),
+                run_config=dict(run_config),
             )
             for i in range(num_nodes)
         }

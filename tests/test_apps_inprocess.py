@@ -18,7 +18,11 @@ from tests.local_grid import LocalGrid
 
 TINY = {
     "client-layout": "image:cnn,text:bow,image:cnn,text:gru",
-    "pool-size": 480, "test-per-class": 2, "local-epochs": 1, "node-settle": 0.0, "num-server-rounds": 2,
+    "pool-size": 480,
+    "test-per-class": 2,
+    "local-epochs": 1,
+    "node-settle": 0.0,
+    "num-server-rounds": 2,
 }
 
 
@@ -27,8 +31,9 @@ def _run(tmp_path, strategy: str, grid: LocalGrid | None = None, **overrides):
     config = RunConfig.from_run_config(rc)
     grid = grid or LocalGrid(client_app, rc, 4)
     recorder = RunRecorder(make_run_dir(config.results_path, strategy), config.as_run_config(), strategy)
-    build_strategy(config, recorder).start(grid=grid, initial_arrays=ArrayRecord(),
-                                          num_rounds=config.num_server_rounds, timeout=60)
+    build_strategy(config, recorder).start(
+        grid=grid, initial_arrays=ArrayRecord(), num_rounds=config.num_server_rounds, timeout=60
+    )
     recorder.write()
     return grid, recorder
 
@@ -43,10 +48,14 @@ def _message(grid: LocalGrid, node: int, message_type: str, content: RecordDict)
 
 def _synthetic(n: int = 6) -> RecordDict:
     s = domain.generate(np.arange(n) % domain.NUM_CLASSES, seed=9)
-    return RecordDict({
-        P.SYNTHETIC: ArrayRecord({P.IMAGES: Array(s.images), P.CAPTIONS: Array(np.array([c[0] for c in s.captions]))}),
-        P.CONFIG: ConfigRecord({P.SERVER_ROUND: 1}),
-    })
+    return RecordDict(
+        {
+            P.SYNTHETIC: ArrayRecord(
+                {P.IMAGES: Array(s.images), P.CAPTIONS: Array(np.array([c[0] for c in s.captions]))}
+            ),
+            P.CONFIG: ConfigRecord({P.SERVER_ROUND: 1}),
+        }
+    )
 
 
 def test_query_infer_returns_outputs_for_each_modality():
@@ -66,8 +75,9 @@ def test_train_distill_uses_targets_and_persists_the_model():
     content = _synthetic()
     q = np.full((3, domain.NUM_CLASSES), 1 / domain.NUM_CLASSES, dtype=np.float32)
     fused = np.eye(3, 128, dtype=np.float32)
-    content[P.TARGETS] = ArrayRecord({P.SOFT_LABELS: Array(q), P.FUSED: Array(fused),
-                                      P.INDICES: Array(np.array([0, 2, 4]))})
+    content[P.TARGETS] = ArrayRecord(
+        {P.SOFT_LABELS: Array(q), P.FUSED: Array(fused), P.INDICES: Array(np.array([0, 2, 4]))}
+    )
     reply = _message(grid, 101, P.TRAIN_DISTILL, content)
     metrics = reply.content[P.METRICS]
     assert metrics["kl"] > 0 and metrics["rep"] > 0 and metrics[P.NUM_EXAMPLES] > 0

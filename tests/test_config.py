@@ -1,7 +1,7 @@
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from fedmmkt_strategy.config import STRATEGY_NAMES, ConfigError, RunConfig
 from fedmmkt_strategy.factory import STRATEGIES
@@ -28,7 +28,10 @@ def test_every_strategy_name_has_an_implementation():
         ({"dirichlet-alpha": -1.0}, "dirichlet-alpha = -1.0: Input should be greater than 0"),
         ({"strategy": "fedsgd"}, "strategy = 'fedsgd': Input should be 'local' or 'fedavg'"),
         ({"num-server-rounds": 0}, "num-server-rounds = 0"),
-        ({"client-layout": "image:gru"}, "client-layout = 'image:gru': layout entry 'image:gru': 'gru' is a text model"),
+        (
+            {"client-layout": "image:gru"},
+            "client-layout = 'image:gru': layout entry 'image:gru': 'gru' is a text model",
+        ),
         ({"image-size": 48}, "image-size = 48"),
         ({"typo-key": 1}, "typo-key: unknown key; known keys:"),
     ],

@@ -26,9 +26,20 @@ def superlink(tmp_path: Path):
     )
     env = flower_env(home)
     proc = start(
-        [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--disable-runtime-dependency-installation",
-         "--host", "127.0.0.1", "--port", str(port), "--database", str(tmp_path / "state.db")],
-        env, tmp_path / "superlink.log",
+        [
+            str(BIN / "flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--database",
+            str(tmp_path / "state.db"),
+        ],
+        env,
+        tmp_path / "superlink.log",
     )
     try:
         wait_for_port(port)
@@ -39,9 +50,24 @@ def superlink(tmp_path: Path):
 
 def _submit(env: dict[str, str], run_config: str) -> int:
     out = subprocess.run(
-        [str(BIN / "flwr"), "run", ".", "ci", "--federation-config", "simulation.toml",
-         "--run-config", run_config, "--format", "json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=120,
+        [
+            str(BIN / "flwr"),
+            "run",
+            ".",
+            "ci",
+            "--federation-config",
+            "simulation.toml",
+            "--run-config",
+            run_config,
+            "--format",
+            "json",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     return int(json.loads(out.stdout)["run-id"])
 

@@ -60,7 +60,9 @@ def test_sampler_keeps_uint64_node_ids_exact():
 
     clock = FakeClock()
     assert NodeSampler(1, settle=0, clock=clock, sleep=clock.sleep).sample(BigIds(), 1) == [
-        806597387947416064, 18240321234776938496]
+        806597387947416064,
+        18240321234776938496,
+    ]
 
 
 def _sent(nodes):
@@ -74,11 +76,14 @@ def _sent(nodes):
 
 
 def _ok_reply(msg, **metrics):
-    content = RecordDict({
-        P.METRICS: MetricRecord(metrics),
-        P.CLIENT: ConfigRecord({P.MODALITY: "image", P.ARCHITECTURE: "cnn", P.PARTITION: 0,
-                                P.NUM_PARTITIONS: 1, P.PARTITION_ID: 0}),
-    })
+    content = RecordDict(
+        {
+            P.METRICS: MetricRecord(metrics),
+            P.CLIENT: ConfigRecord(
+                {P.MODALITY: "image", P.ARCHITECTURE: "cnn", P.PARTITION: 0, P.NUM_PARTITIONS: 1, P.PARTITION_ID: 0}
+            ),
+        }
+    )
     return Message(content, reply_to=msg)
 
 

@@ -63,8 +63,12 @@ def test_layout_parsing_and_node_roles():
     assert [r.modality for r in roles] == ["image", "text", "image", "image", "text"]
     assert [r.partition for r in roles] == [0, 0, 1, 2, 1]
     assert [r.num_partitions for r in roles] == [3, 2, 3, 3, 2]
-    for bad, msg in [("image", "must look like"), ("audio:cnn", "modality"), ("image:nope", "unknown"),
-                     ("text:cnn", "is a image model")]:
+    for bad, msg in [
+        ("image", "must look like"),
+        ("audio:cnn", "modality"),
+        ("image:nope", "unknown"),
+        ("text:cnn", "is a image model"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             layout.parse_layout(bad)
 
@@ -108,8 +112,9 @@ def test_distillation_loss_by_hand():
     q = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
     projected = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     fused = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # cos = 1 and 0 -> rep loss mean 0.5
-    targets = DistillTargets(inputs=torch.zeros(2), soft_labels=q, fused=fused, temperature=2.0,
-                             lambda_kl=1.0, lambda_rep=0.5)
+    targets = DistillTargets(
+        inputs=torch.zeros(2), soft_labels=q, fused=fused, temperature=2.0, lambda_kl=1.0, lambda_rep=0.5
+    )
     loss, parts = distillation_loss(logits, projected, targets, torch.tensor([0, 1]))
     kl = (np.log(2) + 0.0) / 2 * 4  # KL([1,0] || u) = log 2, KL(u || u) = 0; batch mean; times T^2
     assert parts["kl"] == pytest.approx(kl, rel=1e-5)
