@@ -12,6 +12,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from client_app.node import ClientNode
+from client_app.synthetic_cache import cached_synthetic, update_synthetic_cache
 from fedmmkt_strategy import protocol as P
 from task_models.modality import to_model_input
 from task_models.training import DistillTargets, TrainSettings, evaluate_model, infer, train_model
@@ -21,17 +22,18 @@ torch.set_num_threads(1)  # simulated nodes share the machine's cores; one threa
 app = ClientApp()
 
 
-def _synthetic_inputs(node: ClientNode, msg: Message) -> torch.Tensor:
-    record = msg.content[P.SYNTHETIC]
-    key = P.IMAGES if node.role.modality == "image" else P.CAPTIONS
-    return to_model_input(node.role.modality, record[key].numpy())
+def _synthetic_inputs(node: ClientNode, msg: Message, context: Context) -> torch.Tensor:
+    """This modality's synthetic inputs: the cached pool, updated with the rows the message carries."""
+    if P.SYNTHETIC in msg.content.array_records:
+        update_synthetic_cache(context.state, msg.content[P.SYNTHETIC])
+    return to_model_input(node.role.modality, cached_synthetic(context.state, node.role.modality))
 
 
 @app.query("infer")
 def query_infer(msg: Message, context: Context) -> Message:
     """Probabilities, entropies and projected embeddings on the synthetic inputs."""
     node = ClientNode.from_context(context)
-    out = infer(node.model, _synthetic_inputs(node, msg))
+    out = infer(node.model, _synthetic_inputs(node, msg, context))
     content = RecordDict(
         {
             P.INFERENCE: ArrayRecord(
@@ -47,15 +49,15 @@ def query_infer(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-def _distill_targets(node: ClientNode, msg: Message) -> DistillTargets | None:
+def _distill_targets(node: ClientNode, msg: Message, context: Context) -> DistillTargets | None:
     if P.TARGETS not in msg.content.array_records:
         return None
     targets = msg.content[P.TARGETS]
     rows = torch.as_tensor(targets[P.INDICES].numpy()).long()
     cfg = node.config
     return DistillTargets(
-        inputs=_synthetic_inputs(node, msg)[rows],
-        soft_labels=torch.as_tensor(targets[P.SOFT_LABELS].numpy()).float(),
+        inputs=_synthetic_inputs(node, msg, context)[rows],
+        soft_labels=torch.as_tensor(targets[P.SOFT_LABELS].numpy()).float() if P.SOFT_LABELS in targets else None,
         fused=torch.as_tensor(targets[P.FUSED].numpy()).float() if P.FUSED in targets else None,
         temperature=cfg.distill_temperature,
         lambda_kl=cfg.lambda_kl,
@@ -73,7 +75,7 @@ def train_distill(msg: Message, context: Context) -> Message:
     x, y = node.tensors("train")
     settings = TrainSettings(epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size)
     stats = train_model(
-        node.model, x, y, settings, seed=cfg.seed * 1000 + server_round, distill=_distill_targets(node, msg)
+        node.model, x, y, settings, seed=cfg.seed * 1000 + server_round, distill=_distill_targets(node, msg, context)
     )
     node.save(context)
     content = RecordDict(

@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from task_models.layout import LayoutEntry, parse_layout
 from task_models.splits import DomainSpec
 
-STRATEGY_NAMES = ("local", "fedavg")
-StrategyName = Literal["local", "fedavg"]
+STRATEGY_NAMES = ("local", "fedavg", "fedmd", "creamfl", "self-ft", "fedmmkt")
+StrategyName = Literal["local", "fedavg", "fedmd", "creamfl", "self-ft", "fedmmkt"]
+#: The toy world's server models, built by pre-training into the cache (see `fedmmkt pretrain`).
+LOCAL_TOY_MODEL = "local:tiny-flowers"
 
 
 class ConfigError(ValueError):
@@ -34,7 +36,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=_kebab, populate_by_name=True)
 
     # -- federation
-    strategy: StrategyName = "fedavg"
+    strategy: StrategyName = "fedmmkt"
     num_server_rounds: int = Field(5, ge=1)
     seed: int = Field(0, ge=0)
     client_layout: str = "image:cnn,image:resnet,image:cnn-small,image:vit,text:gru,text:transformer,text:gru,text:bow"
@@ -53,6 +55,37 @@ class RunConfig(BaseModel):
     distill_temperature: float = Field(2.0, gt=0)
     lambda_kl: float = Field(1.0, ge=0)
     lambda_rep: float = Field(0.5, ge=0)
+    # -- server models (toy: built into the cache on first use; paper: a folder or hub id)
+    t2i_model: str = LOCAL_TOY_MODEL
+    captioner_model: str = LOCAL_TOY_MODEL
+    cache_dir: str = ""
+    pretrain_judge_epochs: int = Field(60, ge=1)
+    pretrain_vae_steps: int = Field(500, ge=1)
+    pretrain_t2i_steps: int = Field(900, ge=1)
+    pretrain_captioner_steps: int = Field(2000, ge=1)
+    pretrain_eval_per_class: int = Field(10, ge=1)
+    # -- step 1: synthesis
+    synthetic_size: int = Field(240, ge=2)
+    refresh_fraction: float = Field(0.5, ge=0, le=1)
+    sampling_steps: int = Field(25, ge=1)
+    guidance_scale: float = Field(3.0, ge=1)
+    generation_batch_size: int = Field(64, ge=1)
+    # -- steps 3-5: LabVote, MultiRepFusion, T2I update (ablation switches: use-*)
+    labvote_beta: float = Field(0.5, ge=0, le=1)
+    contrastive_tau: float = Field(0.1, gt=0)
+    fusion_steps: int = Field(50, ge=0)
+    fusion_lr: float = Field(1e-3, gt=0)
+    t2i_steps_per_round: int = Field(30, ge=0)
+    t2i_lr: float = Field(1e-4, gt=0)
+    t2i_batch_size: int = Field(32, ge=1)
+    t2i_lora: Literal["auto", "on", "off"] = "auto"
+    use_labvote: bool = True
+    use_contrastive_aggregation: bool = True
+    use_cross_attention: bool = True
+    use_t2i_update: bool = True
+    # -- T2I quality (GenAcc, domain FID, sample grid)
+    t2i_eval_every: int = Field(1, ge=0)
+    t2i_eval_per_class: int = Field(4, ge=1)
     # -- sampling, quorum, timeouts
     min_nodes: int = Field(2, ge=1)
     sample_fraction: float = Field(1.0, gt=0, le=1)

@@ -21,9 +21,11 @@ TARGETS = "targets"  # ArrayRecord: distillation targets on the synthetic set
 SERVER_ROUND = "server-round"
 RETURN_ARRAYS = "return-arrays"  # bool: reply with the trained weights under ARRAYS
 
-# keys inside SYNTHETIC
-IMAGES = "images"  # uint8 [N, H, W, 3]
-CAPTIONS = "captions"  # str [N]
+# keys inside SYNTHETIC (a client caches the pool; the server sends only rows it lacks)
+IMAGES = "images"  # uint8 [R, H, W, 3]
+CAPTIONS = "captions"  # str [R]
+ROWS = "rows"  # int64 [R]: pool rows the images/captions above replace
+POOL_SIZE = "pool-size"  # int64 [1]: N, the size of the whole pool
 
 # keys inside TARGETS
 SOFT_LABELS = "soft-labels"  # float32 [M, C], rows sum to one

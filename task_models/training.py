@@ -29,11 +29,11 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class DistillTargets:
-    """Server targets on the synthetic set: model inputs, voted soft labels and (optionally)
-    the fused representation of this client's modality."""
+    """Server targets on the synthetic set: model inputs, and voted soft labels and/or the fused
+    representation of this client's modality (either may be absent, e.g. CreamFL sends no labels)."""
 
     inputs: torch.Tensor
-    soft_labels: torch.Tensor  # [M, C], rows sum to one
+    soft_labels: torch.Tensor | None = None  # [M, C], rows sum to one
     fused: torch.Tensor | None = None  # [M, d]
     temperature: float = 2.0
     lambda_kl: float = 1.0
@@ -56,11 +56,14 @@ def distillation_loss(
     index: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """KL towards the voted soft labels plus the representation loss, for synthetic rows `index`."""
-    t = targets.temperature
-    log_student = F.log_softmax(logits / t, dim=-1)
-    kl = F.kl_div(log_student, targets.soft_labels[index], reduction="batchmean") * t * t
-    loss = targets.lambda_kl * kl
-    parts = {"kl": kl.item()}
+    loss = logits.new_zeros(())
+    parts: dict[str, float] = {}
+    if targets.soft_labels is not None:
+        t = targets.temperature
+        log_student = F.log_softmax(logits / t, dim=-1)
+        kl = F.kl_div(log_student, targets.soft_labels[index], reduction="batchmean") * t * t
+        loss = loss + targets.lambda_kl * kl
+        parts["kl"] = kl.item()
     if targets.fused is not None and targets.lambda_rep > 0:
         rep = (1 - F.cosine_similarity(projected, targets.fused[index], dim=-1)).mean()
         loss = loss + targets.lambda_rep * rep
@@ -86,7 +89,7 @@ def train_model(
     model.train()
     totals: dict[str, float] = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "rep": 0.0}
     steps = 0
-    n_syn = 0 if distill is None else len(distill.soft_labels)
+    n_syn = 0 if distill is None else len(distill.inputs)
     syn_order = torch.randperm(n_syn, generator=generator) if n_syn else None
     syn_pos = 0
     for _ in range(settings.epochs):
@@ -112,7 +115,7 @@ def train_model(
             totals["ce"] += ce.item()
             steps += 1
     means = {key: value / max(steps, 1) for key, value in totals.items()}
-    return {**means, "num-examples": float(len(labels)), "steps": float(steps)}
+    return {**means, "num-examples": float(len(labels)), "steps": float(steps), "synthetic-rows": float(n_syn)}
 
 
 @torch.no_grad()

@@ -288,28 +288,29 @@ def _short(meta: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in scalars.items())
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``fedmmkt pretrain``: build the toy world's server models into the cache and print the report."""
+BUDGET_FLAGS = ("judge_epochs", "vae_steps", "t2i_steps", "captioner_steps", "eval_per_class", "seed")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[PretrainSpec, argparse.Namespace]:
+    """The spec and options of ``fedmmkt pretrain``; every budget flag defaults to `PretrainSpec`'s."""
     defaults = PretrainSpec()
-    parser = argparse.ArgumentParser(prog="fedmmkt pretrain", description=main.__doc__)
-    parser.add_argument(
-        "--cache-dir", type=Path, default=None, help=f"cache root (default {default_cache_root()})"
+    parser = argparse.ArgumentParser(
+        prog="fedmmkt pretrain",
+        description="Build the toy world's server models (judge, T2I, captioner) into the cache.",
     )
+    parser.add_argument("--cache-dir", type=Path, default=None, help=f"cache root ({default_cache_root()})")
     parser.add_argument("--force", action="store_true", help="discard this spec's cached models and retrain")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    for field in ("judge_epochs", "vae_steps", "t2i_steps", "captioner_steps", "eval_per_class"):
+    for field in BUDGET_FLAGS:
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
     args = parser.parse_args(argv)
+    return dataclasses.replace(defaults, **{f: getattr(args, f) for f in BUDGET_FLAGS}), args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``fedmmkt pretrain``: build the toy world's server models into the cache and print the report."""
+    spec, args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = PretrainSpec(
-        seed=args.seed,
-        judge_epochs=args.judge_epochs,
-        vae_steps=args.vae_steps,
-        t2i_steps=args.t2i_steps,
-        captioner_steps=args.captioner_steps,
-        eval_per_class=args.eval_per_class,
-    )
     if args.force:
         shutil.rmtree((args.cache_dir or default_cache_root()) / spec.key(), ignore_errors=True)
     models = ensure_pretrained(spec, args.cache_dir, progress=not args.quiet)

@@ -1,0 +1,293 @@
+"""`fedmmkt`: the round of ALGORITHM.md as a Flower Strategy.
+
+1. synthesis       the T2I model renders class prompts, the captioner captions them
+2. query           ``query.infer`` to every sampled client: probabilities, entropies, embeddings
+3. LabVote         entropy-weighted vote, label correction, discard of samples without a vote
+4. MultiRepFusion  contrastive aggregation per modality, then inter-modal cross-attention
+5. T2I update      the denoiser is fine-tuned on the kept pairs, weighted by vote confidence
+6. distill         ``train.distill`` with the voted soft labels and the modality's fused targets
+7. evaluate        client accuracies; server GenAcc, domain FID and a sample grid
+
+Steps 1-5 run in `prepare_round` (before Flower sends the train messages), step 6 is the
+train phase of the base strategy and step 7 its evaluate phase. Each step is a call into its
+own module; the baselines `fedmd`, `creamfl` and `self-ft` are siblings that switch steps off.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from contextlib import contextmanager
+from functools import partial
+from logging import INFO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fedmmkt_strategy import protocol as P
+from fedmmkt_strategy.base import FederatedStrategy
+from fedmmkt_strategy.config import RunConfig
+from fedmmkt_strategy.fusion import CrossModalFusion, aggregate, contrastive_weights, fuse, train_fusion
+from fedmmkt_strategy.fusion import weight_diagnostics
+from fedmmkt_strategy.generative.quality import evaluate_t2i
+from fedmmkt_strategy.generative.synthesis import SyntheticPool, generate_and_caption, refresh, synthesize
+from fedmmkt_strategy.generative.t2i import finetune_denoiser
+from fedmmkt_strategy.labvote import VoteResult, labvote, plain_average, vote_diagnostics
+from fedmmkt_strategy.replies import PhaseOutcome
+from fedmmkt_strategy.results import RunRecorder
+from fedmmkt_strategy.server_models import ServerModels, caption_anchors, load_server_models
+from fedmmkt_strategy.validation import check_inference_reply
+from task_models.domain import NUM_CLASSES, class_prompt
+from task_models.modality import MODALITIES
+
+
+class FedMMKT(FederatedStrategy):
+    """FedMMKT: server T2I model and heterogeneous client task models improve each other.
+
+    Parameters
+    ----------
+    config : RunConfig
+        Run configuration; the keys of steps 1-7 are documented in pyproject.toml
+        (``synthetic-size``, ``refresh-fraction``, ``labvote-beta``, ``contrastive-tau``,
+        ``fusion-steps``, ``t2i-steps-per-round``, ...), and the ablation switches
+        ``use-labvote``, ``use-contrastive-aggregation``, ``use-cross-attention``,
+        ``use-t2i-update``.
+    recorder : RunRecorder
+        Receives per-round diagnostics and writes the results folder.
+    models : ServerModels, optional
+        The server's T2I model, captioner and judge; loaded from the config when omitted.
+    """
+
+    #: Which targets clients distil towards; siblings turn one off.
+    send_soft_labels = True
+    send_fused = True
+    #: Labels the T2I model is fine-tuned with: the vote ("voted") or the prompt ("prompt").
+    t2i_labels = "voted"
+
+    def __init__(self, config: RunConfig, recorder: RunRecorder, models: ServerModels | None = None):
+        super().__init__(config, recorder)
+        self.models = models or load_server_models(config)
+        self.use_vote = config.use_labvote
+        self.use_contrastive = config.use_contrastive_aggregation
+        self.use_cross_attention = config.use_cross_attention
+        self.use_t2i_update = config.use_t2i_update
+        self.pool: SyntheticPool | None = None
+        self.fusion: CrossModalFusion | None = None
+        self.prev_fused: dict[str, np.ndarray] = {}  # modality -> [N, d], NaN rows unknown
+        self.targets: dict[int, ArrayRecord] = {}
+        self.node_pool_round: dict[int, int] = {}  # node -> round whose pool it holds
+        self._timings: dict[str, float] = {}
+
+    @contextmanager
+    def _timed(self, step: str):
+        start = time.perf_counter()
+        yield
+        self._timings[f"time_{step}_s"] = time.perf_counter() - start
+
+    # ------------------------------------------------------------------ the round
+    def prepare_round(self, server_round: int, grid: Grid) -> None:
+        self._timings = {}
+        with self._timed("synthesis"):
+            self.pool = self.synthesize(server_round)
+        with self._timed("query"):
+            outcome = self.query(server_round, grid)
+        with self._timed("labvote"):
+            vote = self.vote(server_round, outcome)
+        with self._timed("fusion"):
+            fused = self.fuse(server_round, outcome, vote)
+        with self._timed("t2i_update"):
+            self.update_t2i(server_round, vote)
+        self.targets = self.distill_targets(outcome, vote, fused)
+        self.recorder.server(server_round, **self._timings)
+
+    def synthesize(self, server_round: int) -> SyntheticPool:
+        """Step 1: a fresh class-balanced pool in round 1, then a refreshed fraction each round."""
+        cfg, m = self.config, self.models
+        kwargs = dict(steps=cfg.sampling_steps, guidance=cfg.guidance_scale, batch_size=cfg.generation_batch_size)
+        if self.pool is None:
+            log(INFO, "round %d: synthesising %d samples", server_round, cfg.synthetic_size)
+            return synthesize(m.pipe, m.captioner, m.processor, cfg.synthetic_size, seed=cfg.seed * 100003,
+                              generation_round=server_round, progress=True, **kwargs)
+        log(INFO, "round %d: regenerating %.0f %% of the synthetic pool", server_round, 100 * cfg.refresh_fraction)
+        generator = partial(generate_and_caption, m.pipe, m.captioner, m.processor, progress=True, **kwargs)
+        return refresh(self.pool, cfg.refresh_fraction, generator, server_round, seed=cfg.seed * 100003 + server_round)
+
+    def _pool_update(self, server_round: int, node: int) -> ArrayRecord:
+        """The pool rows this node lacks, of its modality (both modalities if still unknown)."""
+        assert self.pool is not None
+        known = self.node_pool_round.get(node)
+        rows = np.arange(len(self.pool)) if known is None else np.flatnonzero(self.pool.generation_round > known)
+        modality = self.clients.get(node, {}).get(P.MODALITY)
+        record = ArrayRecord({P.ROWS: Array(rows.astype(np.int64)),
+                              P.POOL_SIZE: Array(np.array([len(self.pool)], np.int64))})
+        if modality in (None, "image"):
+            record[P.IMAGES] = Array(np.ascontiguousarray(self.pool.images[rows]))
+        if modality in (None, "text"):
+            record[P.CAPTIONS] = Array(np.array([self.pool.captions[i] for i in rows]))
+        return record
+
+    def query(self, server_round: int, grid: Grid) -> PhaseOutcome:
+        """Step 2: every sampled client's outputs on the synthetic inputs, validated on arrival."""
+        contents = {
+            node: RecordDict({P.SYNTHETIC: self._pool_update(server_round, node),
+                              P.CONFIG: ConfigRecord({P.SERVER_ROUND: server_round})})
+            for node in self.nodes
+        }
+        messages = self.send(P.QUERY_INFER, P.QUERY_INFER, server_round, contents)
+        replies = grid.send_and_receive(messages, timeout=self.config.round_timeout)
+        n, d = len(self.pool), self.config.fusion_dim
+        outcome = self.receive(P.QUERY_INFER, server_round, replies,
+                               lambda r: check_inference_reply(r, n, NUM_CLASSES, d))
+        for node in self.nodes:
+            if node in outcome.ok:
+                self.node_pool_round[node] = server_round
+            else:  # it may have lost or never applied the update: send everything next time
+                self.node_pool_round.pop(node, None)
+        return outcome
+
+    def _stack(self, outcome: PhaseOutcome, key: str, nodes: Iterable[int]) -> np.ndarray:
+        return np.stack([outcome.ok[n].content[P.INFERENCE][key].numpy() for n in nodes])
+
+    def vote(self, server_round: int, outcome: PhaseOutcome) -> VoteResult:
+        """Step 3: LabVote over all clients of all modalities (or FedMD's plain average)."""
+        nodes = sorted(outcome.ok)
+        probs = self._stack(outcome, P.PROBS, nodes)
+        if self.use_vote:
+            result = labvote(probs, self._stack(outcome, P.ENTROPY, nodes), self.config.labvote_beta)
+        else:
+            result = plain_average(probs)
+        diag = vote_diagnostics(result, self.pool.classes)
+        for node, share in zip(nodes, diag.pop("counted_vote_share")):
+            self.recorder.client(server_round, node, counted_vote_share=share)
+        self.recorder.server(server_round, **diag)
+        log(INFO, "round %d: LabVote kept %d of %d samples (discard rate %.2f), agreement with prompts %.2f",
+            server_round, diag["kept"], len(self.pool), diag["discard_rate"], diag["vote_prompt_agreement"])
+        return result
+
+    def _anchors(self, modality: str, kept: np.ndarray, text_anchor: torch.Tensor) -> torch.Tensor:
+        """The other modalities' previous fused vectors of the kept rows, where known; else the
+        caption's text-encoder anchor (round 1, and rows regenerated since)."""
+        others = [self.prev_fused[o][kept] for o in self.prev_fused if o != modality]
+        if not others:
+            return text_anchor
+        mean = torch.as_tensor(np.nanmean(np.stack(others), axis=0) if len(others) > 1 else others[0])
+        known = ~torch.isnan(mean).any(-1)
+        return torch.where(known[:, None], F.normalize(torch.nan_to_num(mean), dim=-1), text_anchor)
+
+    def fuse(self, server_round: int, outcome: PhaseOutcome, vote: VoteResult) -> dict[str, np.ndarray]:
+        """Step 4: contrastive aggregation within each modality, then cross-attention."""
+        kept = vote.kept_indices
+        by_modality = {m: sorted(n for n in outcome.ok if self.clients[n][P.MODALITY] == m) for m in MODALITIES}
+        by_modality = {m: nodes for m, nodes in by_modality.items() if nodes}
+        if len(kept) == 0:
+            return {}
+        text_anchor = caption_anchors(self.models, [self.pool.captions[i] for i in kept])
+        regenerated = self.pool.generation_round == server_round
+        for m in list(self.prev_fused):
+            self.prev_fused[m][regenerated] = np.nan
+        tokens: dict[str, torch.Tensor] = {}
+        for m, nodes in by_modality.items():
+            reps = torch.as_tensor(self._stack(outcome, P.EMBEDDING, nodes)[:, kept])
+            if self.use_contrastive:
+                alpha = contrastive_weights(reps, self._anchors(m, kept, text_anchor), self.config.contrastive_tau)
+            else:
+                alpha = torch.full(reps.shape[:2], 1.0 / len(nodes))
+            diag = weight_diagnostics(alpha)
+            for node, w in zip(nodes, diag.pop("alpha_client_mean")):
+                self.recorder.client(server_round, node, alpha_mean=w)
+            self.recorder.server(server_round, **{f"{m}_{k}": v for k, v in diag.items()})
+            tokens[m] = F.normalize(aggregate(reps, alpha), dim=-1)
+        fused = {m: t.numpy() for m, t in tokens.items()}
+        if self.use_cross_attention and len(tokens) > 1:
+            if self.fusion is None:
+                torch.manual_seed(self.config.seed)
+                self.fusion = CrossModalFusion(list(tokens), self.config.fusion_dim, NUM_CLASSES)
+            losses = train_fusion(
+                self.fusion, tokens, torch.as_tensor(vote.labels[kept]), torch.as_tensor(vote.confidence[kept]),
+                steps=self.config.fusion_steps, lr=self.config.fusion_lr, seed=self.config.seed + server_round,
+            )
+            self.recorder.server(server_round, **losses)
+            fused = fuse(self.fusion, tokens)
+        for m, f in fused.items():
+            full = self.prev_fused.setdefault(m, np.full((len(self.pool), f.shape[1]), np.nan, np.float32))
+            full[kept] = f
+        return fused
+
+    def update_t2i(self, server_round: int, vote: VoteResult) -> None:
+        """Step 5: fine-tune the denoiser on the kept pairs (x_i, template(y_i) + t_i)."""
+        if not self.use_t2i_update or self.config.t2i_steps_per_round == 0:
+            return
+        if self.t2i_labels == "voted":
+            rows, labels, weights = vote.kept_indices, vote.labels[vote.kept], vote.confidence[vote.kept]
+        else:  # self-ft: the server's own prompt labels, every sample, no client knowledge
+            rows = np.arange(len(self.pool))
+            labels, weights = self.pool.classes, np.ones(len(rows), np.float32)
+        if len(rows) == 0:
+            return
+        captions = [f"{class_prompt(int(y))} , {self.pool.captions[i]}" for y, i in zip(labels, rows)]
+        lora = {"auto": None, "on": True, "off": False}[self.config.t2i_lora]
+        loss = finetune_denoiser(
+            self.models.pipe, self.pool.images[rows], captions, weights=weights,
+            steps=self.config.t2i_steps_per_round, lr=self.config.t2i_lr, batch_size=self.config.t2i_batch_size,
+            seed=self.config.seed + server_round, use_lora=lora,
+        )
+        self.recorder.server(server_round, t2i_finetune_loss=loss, t2i_finetune_samples=int(len(rows)))
+
+    def distill_targets(
+        self, outcome: PhaseOutcome, vote: VoteResult, fused: dict[str, np.ndarray]
+    ) -> dict[int, ArrayRecord]:
+        """Step 6 payloads: per node, the kept rows' soft labels and its modality's fused vectors."""
+        kept = vote.kept_indices
+        if len(kept) == 0:
+            return {}
+        targets = {}
+        for node in outcome.ok:
+            record = ArrayRecord({P.INDICES: Array(kept.astype(np.int64))})
+            if self.send_soft_labels:
+                record[P.SOFT_LABELS] = Array(vote.soft_labels[kept])
+            modality = self.clients[node][P.MODALITY]
+            if self.send_fused and modality in fused:
+                record[P.FUSED] = Array(fused[modality])
+            if len(record) > 1:
+                targets[node] = record
+        return targets
+
+    def train_content(self, server_round: int, node_id: int) -> RecordDict:
+        content = super().train_content(server_round, node_id)
+        if node_id in self.targets:
+            content[P.TARGETS] = self.targets[node_id]
+        return content
+
+    # ------------------------------------------------------------------ step 7 (server side)
+    def evaluate_t2i(self, server_round: int) -> None:
+        """GenAcc, domain FID and a sample grid of the current T2I model."""
+        m, cfg = self.models, self.config
+        if m.judge is None or m.reference_features is None:
+            return
+        start = time.perf_counter()
+        metrics = evaluate_t2i(
+            m.pipe, m.judge, m.reference_features, per_class=cfg.t2i_eval_per_class, seed=cfg.seed + 777,
+            steps=cfg.sampling_steps, guidance=cfg.guidance_scale, batch_size=cfg.generation_batch_size,
+            grid_path=self.recorder.run_dir / "samples" / f"round_{server_round:03d}.png",
+        )
+        self.recorder.server(server_round, gen_acc=metrics["gen_acc"], fid=metrics["fid"],
+                             per_class_gen_acc=metrics["per_class_acc"],
+                             time_t2i_eval_s=time.perf_counter() - start)
+        log(INFO, "round %d: T2I GenAcc %.3f, domain FID %.2f", server_round, metrics["gen_acc"], metrics["fid"])
+
+    def configure_train(self, server_round, arrays, config, grid) -> Iterable[Message]:
+        if server_round == 1:
+            self.evaluate_t2i(0)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        every = self.config.t2i_eval_every
+        t2i_changes = self.use_t2i_update and self.config.t2i_steps_per_round > 0
+        last = server_round == self.config.num_server_rounds
+        if t2i_changes and every and (server_round % every == 0 or last):
+            self.evaluate_t2i(server_round)
+        return super().aggregate_evaluate(server_round, replies)

@@ -1,0 +1,82 @@
+"""LabVote: entropy-weighted voting over client predictions on the synthetic set (step 3).
+
+For client k and sample i the normalised entropy is ``h = H / log C`` in [0, 1]. A vote counts
+when ``h <= beta`` and weighs ``w = 1 - h``. The voted soft label is the weighted mean of the
+counted probability vectors, the voted label its argmax, which may differ from the prompt class
+(the label correction). Samples without a single counted vote are discarded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    """Outcome of a vote over N synthetic samples by K clients."""
+
+    soft_labels: np.ndarray  # float32 [N, C]; zero rows where discarded
+    labels: np.ndarray  # int64 [N]; -1 where discarded
+    kept: np.ndarray  # bool [N]
+    confidence: np.ndarray  # float32 [N]; max of the soft label, 0 where discarded
+    counted: np.ndarray  # bool [K, N]; which votes counted
+
+    @property
+    def kept_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.kept)
+
+
+def normalised_entropy(entropy: np.ndarray, num_classes: int) -> np.ndarray:
+    """H / log C, clipped to [0, 1] (clients may round slightly outside)."""
+    return np.clip(entropy / math.log(num_classes), 0.0, 1.0)
+
+
+def labvote(probs: np.ndarray, entropy: np.ndarray, beta: float = 0.5) -> VoteResult:
+    """Entropy-weighted vote.
+
+    Parameters
+    ----------
+    probs : np.ndarray
+        Client probabilities [K, N, C].
+    entropy : np.ndarray
+        Client prediction entropies [K, N] (natural log).
+    beta : float
+        Threshold on the normalised entropy: a vote counts when ``h <= beta`` (default 0.5).
+    """
+    k, n, c = probs.shape
+    if entropy.shape != (k, n):
+        raise ValueError(f"entropy has shape {entropy.shape}, expected {(k, n)}")
+    h = normalised_entropy(entropy, c)
+    counted = h <= beta
+    weights = np.where(counted, 1.0 - h, 0.0)  # [K, N]
+    total = weights.sum(0)  # [N]
+    kept = counted.any(0) & (total > 0)
+    weighted = np.einsum("kn,knc->nc", weights, probs)
+    soft = np.zeros((n, c), dtype=np.float32)
+    soft[kept] = weighted[kept] / total[kept, None]
+    labels = np.where(kept, soft.argmax(1), -1)
+    return VoteResult(soft, labels.astype(np.int64), kept, soft.max(1).astype(np.float32), counted)
+
+
+def plain_average(probs: np.ndarray) -> VoteResult:
+    """FedMD's consensus: the unweighted mean of all clients' probabilities, nothing discarded."""
+    k, n, _ = probs.shape
+    soft = probs.mean(0).astype(np.float32)
+    return VoteResult(soft, soft.argmax(1).astype(np.int64), np.ones(n, bool), soft.max(1), np.ones((k, n), bool))
+
+
+def vote_diagnostics(result: VoteResult, prompt_classes: np.ndarray) -> dict[str, float | list[float]]:
+    """Discard rate, agreement of voted labels with prompt classes (label corrections are the
+    disagreements), and each client's counted-vote share."""
+    kept = result.kept
+    agreement = float((result.labels[kept] == prompt_classes[kept]).mean()) if kept.any() else float("nan")
+    return {
+        "discard_rate": float(1.0 - kept.mean()) if len(kept) else float("nan"),
+        "kept": int(kept.sum()),
+        "vote_prompt_agreement": agreement,
+        "mean_confidence": float(result.confidence[kept].mean()) if kept.any() else float("nan"),
+        "counted_vote_share": result.counted.mean(1).astype(float).tolist(),
+    }

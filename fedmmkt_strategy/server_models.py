@@ -1,0 +1,95 @@
+"""The server's models for one run: T2I pipeline `G`, captioner `B`, the judge for GenAcc/FID,
+and the fixed projection that turns `G`'s text encoding of a caption into a round-1 anchor.
+
+`local:tiny-flowers` (the toy default) means: the pre-trained tiny models from the cache,
+built on first use (`fedmmkt pretrain` does the same ahead of time). Anything else is a folder
+or a hub id handed to `from_pretrained`, the paper profile's path through the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from logging import INFO
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+from flwr.common.logger import log
+from transformers import BlipForConditionalGeneration, BlipProcessor
+
+from fedmmkt_strategy.config import LOCAL_TOY_MODEL, RunConfig
+from fedmmkt_strategy.generative.captioner import load_captioner
+from fedmmkt_strategy.generative.judge import JudgeCNN, load_judge
+from fedmmkt_strategy.generative.pretrain import PretrainSpec, ensure_pretrained
+from fedmmkt_strategy.generative.t2i import load_pipeline
+
+
+@dataclass
+class ServerModels:
+    """Everything the server runs besides the fusion module."""
+
+    pipe: StableDiffusionPipeline
+    captioner: BlipForConditionalGeneration
+    processor: BlipProcessor
+    judge: JudgeCNN | None
+    reference_features: np.ndarray | None
+    anchor_projection: torch.Tensor  # [text hidden, d], fixed and seeded
+
+
+def pretrain_spec(config: RunConfig) -> PretrainSpec:
+    """The pre-training spec of the toy server models this run config asks for."""
+    return dataclasses.replace(
+        PretrainSpec(),
+        domain=config.domain,
+        seed=config.seed,
+        judge_epochs=config.pretrain_judge_epochs,
+        vae_steps=config.pretrain_vae_steps,
+        t2i_steps=config.pretrain_t2i_steps,
+        captioner_steps=config.pretrain_captioner_steps,
+        eval_per_class=config.pretrain_eval_per_class,
+    )
+
+
+def load_server_models(config: RunConfig) -> ServerModels:
+    """Load (building the toy cache if needed) the server models named by the run config."""
+    cache = Path(config.cache_dir).expanduser() if config.cache_dir else None
+    toy = None
+    if LOCAL_TOY_MODEL in (config.t2i_model, config.captioner_model):
+        log(INFO, "preparing the toy server models (pre-training them once if the cache lacks them)")
+        toy = ensure_pretrained(pretrain_spec(config), cache, progress=True)
+        report = toy.load_report()["phases"]["eval"]
+        log(INFO, "pre-trained T2I model: GenAcc %.3f, domain FID %.2f (%s)", report["gen_acc"], report["fid"], toy.root)
+    pipe = load_pipeline(str(toy.t2i) if config.t2i_model == LOCAL_TOY_MODEL else config.t2i_model)
+    captioner, processor = load_captioner(
+        str(toy.captioner) if config.captioner_model == LOCAL_TOY_MODEL else config.captioner_model
+    )
+    judge = load_judge(toy.judge) if toy else None
+    reference = np.load(toy.reference_features) if toy else None
+    generator = torch.Generator().manual_seed(config.seed + 4242)
+    hidden = pipe.text_encoder.config.hidden_size
+    projection = torch.randn(hidden, config.fusion_dim, generator=generator) / hidden**0.5
+    return ServerModels(pipe, captioner, processor, judge, reference, projection)
+
+
+@torch.no_grad()
+def caption_anchors(models: ServerModels, captions: list[str], batch_size: int = 256) -> torch.Tensor:
+    """Round-1 anchors: `G`'s text-encoder embedding of each caption, randomly projected to d,
+    L2-normalised. [N, d]."""
+    tokenizer, encoder = models.pipe.tokenizer, models.pipe.text_encoder
+    out = []
+    for start in range(0, len(captions), batch_size):
+        ids = tokenizer(
+            captions[start : start + batch_size],
+            padding="max_length",
+            truncation=True,
+            max_length=tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids
+        hidden = encoder(ids)[0]  # [B, L, h]
+        mask = (ids != tokenizer.pad_token_id).unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        out.append(F.normalize(pooled.float() @ models.anchor_projection, dim=-1))
+    return torch.cat(out)

@@ -1,0 +1,81 @@
+import math
+
+import numpy as np
+import pytest
+
+from fedmmkt_strategy.labvote import labvote, normalised_entropy, plain_average, vote_diagnostics
+
+C = 4
+LOGC = math.log(C)
+
+
+def _entropy_for(h: float) -> float:
+    return h * LOGC
+
+
+def test_labvote_three_clients_two_samples_by_hand():
+    # sample 0: client A confident class 1 (h=0.2), client B fairly confident class 2 (h=0.4),
+    #           client C uncertain (h=0.9, its vote does not count)
+    # sample 1: everybody uncertain -> discarded
+    probs = np.array([
+        [[0.1, 0.7, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]],
+        [[0.1, 0.1, 0.8, 0.0], [0.25, 0.25, 0.25, 0.25]],
+        [[0.0, 0.0, 0.0, 1.0], [0.25, 0.25, 0.25, 0.25]],
+    ], dtype=np.float32)
+    h = np.array([[0.2, 0.9], [0.4, 0.95], [0.9, 0.6]])
+    result = labvote(probs, h * LOGC, beta=0.5)
+    # weights 0.8 and 0.6 -> q = (0.8*pA + 0.6*pB) / 1.4
+    expected = (0.8 * probs[0, 0] + 0.6 * probs[1, 0]) / 1.4
+    assert np.allclose(result.soft_labels[0], expected)
+    assert result.soft_labels[0].sum() == pytest.approx(1.0)
+    # class 1: (0.8*0.7 + 0.6*0.1) / 1.4 = 0.443; class 2: (0.8*0.1 + 0.6*0.8) / 1.4 = 0.4
+    assert result.soft_labels[0, 1] == pytest.approx(0.62 / 1.4)
+    assert result.soft_labels[0, 2] == pytest.approx(0.56 / 1.4)
+    assert result.labels.tolist() == [1, -1]
+    assert result.confidence[0] == pytest.approx(0.62 / 1.4)
+    assert result.kept.tolist() == [True, False]
+    assert result.counted.tolist() == [[True, False], [True, False], [False, False]]
+    assert np.all(result.soft_labels[1] == 0)
+
+
+def test_votes_at_exactly_beta_count_and_all_discarded_is_handled():
+    probs = np.full((2, 3, C), 1 / C, dtype=np.float32)
+    result = labvote(probs, np.full((2, 3), LOGC), beta=0.5)
+    assert not result.kept.any() and (result.labels == -1).all()
+    diag = vote_diagnostics(result, np.zeros(3, dtype=np.int64))
+    assert diag["discard_rate"] == 1.0 and math.isnan(diag["vote_prompt_agreement"])
+    edge = labvote(probs[:1, :1], np.array([[0.5 * LOGC]]), beta=0.5)
+    assert edge.kept.tolist() == [True]
+
+
+def test_ties_resolve_to_the_lowest_class_deterministically():
+    probs = np.array([[[0.5, 0.5, 0.0, 0.0]], [[0.0, 0.0, 0.5, 0.5]]], dtype=np.float32)
+    result = labvote(probs, np.full((2, 1), 0.1 * LOGC))
+    assert result.labels.tolist() == [0]
+
+
+def test_label_correction_and_diagnostics():
+    # both clients say class 3 for a sample prompted as class 0
+    probs = np.zeros((2, 2, C), dtype=np.float32)
+    probs[:, 0, 3] = 1.0
+    probs[:, 1, 1] = 1.0
+    result = labvote(probs, np.zeros((2, 2)))
+    diag = vote_diagnostics(result, prompt_classes=np.array([0, 1]))
+    assert result.labels.tolist() == [3, 1]
+    assert diag["vote_prompt_agreement"] == 0.5
+    assert diag["counted_vote_share"] == [1.0, 1.0]
+
+
+def test_normalised_entropy_is_clipped():
+    assert normalised_entropy(np.array([-0.1, LOGC * 1.01]), C).tolist() == [0.0, 1.0]
+
+
+def test_plain_average_keeps_everything():
+    probs = np.array([[[1.0, 0, 0, 0]], [[0, 1.0, 0, 0]]], dtype=np.float32)
+    result = plain_average(probs)
+    assert result.kept.all() and np.allclose(result.soft_labels, [[0.5, 0.5, 0, 0]])
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="entropy has shape"):
+        labvote(np.zeros((2, 3, C)), np.zeros((3, 2)))
