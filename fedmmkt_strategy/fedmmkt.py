@@ -31,8 +31,14 @@ from flwr.serverapp import Grid
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.base import FederatedStrategy
 from fedmmkt_strategy.config import RunConfig
-from fedmmkt_strategy.fusion import CrossModalFusion, aggregate, contrastive_weights, fuse, train_fusion
-from fedmmkt_strategy.fusion import weight_diagnostics
+from fedmmkt_strategy.fusion import (
+    CrossModalFusion,
+    aggregate,
+    contrastive_weights,
+    fuse,
+    train_fusion,
+    weight_diagnostics,
+)
 from fedmmkt_strategy.generative.quality import evaluate_t2i
 from fedmmkt_strategy.generative.synthesis import SyntheticPool, generate_and_caption, refresh, synthesize
 from fedmmkt_strategy.generative.t2i import finetune_denoiser
@@ -110,8 +116,16 @@ class FedMMKT(FederatedStrategy):
         kwargs = dict(steps=cfg.sampling_steps, guidance=cfg.guidance_scale, batch_size=cfg.generation_batch_size)
         if self.pool is None:
             log(INFO, "round %d: synthesising %d samples", server_round, cfg.synthetic_size)
-            return synthesize(m.pipe, m.captioner, m.processor, cfg.synthetic_size, seed=cfg.seed * 100003,
-                              generation_round=server_round, progress=True, **kwargs)
+            return synthesize(
+                m.pipe,
+                m.captioner,
+                m.processor,
+                cfg.synthetic_size,
+                seed=cfg.seed * 100003,
+                generation_round=server_round,
+                progress=True,
+                **kwargs,
+            )
         log(INFO, "round %d: regenerating %.0f %% of the synthetic pool", server_round, 100 * cfg.refresh_fraction)
         generator = partial(generate_and_caption, m.pipe, m.captioner, m.processor, progress=True, **kwargs)
         return refresh(self.pool, cfg.refresh_fraction, generator, server_round, seed=cfg.seed * 100003 + server_round)
@@ -122,8 +136,9 @@ class FedMMKT(FederatedStrategy):
         known = self.node_pool_round.get(node)
         rows = np.arange(len(self.pool)) if known is None else np.flatnonzero(self.pool.generation_round > known)
         modality = self.clients.get(node, {}).get(P.MODALITY)
-        record = ArrayRecord({P.ROWS: Array(rows.astype(np.int64)),
-                              P.POOL_SIZE: Array(np.array([len(self.pool)], np.int64))})
+        record = ArrayRecord(
+            {P.ROWS: Array(rows.astype(np.int64)), P.POOL_SIZE: Array(np.array([len(self.pool)], np.int64))}
+        )
         if modality in (None, "image"):
             record[P.IMAGES] = Array(np.ascontiguousarray(self.pool.images[rows]))
         if modality in (None, "text"):
@@ -133,15 +148,20 @@ class FedMMKT(FederatedStrategy):
     def query(self, server_round: int, grid: Grid) -> PhaseOutcome:
         """Step 2: every sampled client's outputs on the synthetic inputs, validated on arrival."""
         contents = {
-            node: RecordDict({P.SYNTHETIC: self._pool_update(server_round, node),
-                              P.CONFIG: ConfigRecord({P.SERVER_ROUND: server_round})})
+            node: RecordDict(
+                {
+                    P.SYNTHETIC: self._pool_update(server_round, node),
+                    P.CONFIG: ConfigRecord({P.SERVER_ROUND: server_round}),
+                }
+            )
             for node in self.nodes
         }
         messages = self.send(P.QUERY_INFER, P.QUERY_INFER, server_round, contents)
         replies = grid.send_and_receive(messages, timeout=self.config.round_timeout)
         n, d = len(self.pool), self.config.fusion_dim
-        outcome = self.receive(P.QUERY_INFER, server_round, replies,
-                               lambda r: check_inference_reply(r, n, NUM_CLASSES, d))
+        outcome = self.receive(
+            P.QUERY_INFER, server_round, replies, lambda r: check_inference_reply(r, n, NUM_CLASSES, d)
+        )
         for node in self.nodes:
             if node in outcome.ok:
                 self.node_pool_round[node] = server_round
@@ -164,8 +184,15 @@ class FedMMKT(FederatedStrategy):
         for node, share in zip(nodes, diag.pop("counted_vote_share")):
             self.recorder.client(server_round, node, counted_vote_share=share)
         self.recorder.server(server_round, **diag)
-        log(INFO, "round %d: LabVote kept %d of %d samples (discard rate %.2f), agreement with prompts %.2f",
-            server_round, diag["kept"], len(self.pool), diag["discard_rate"], diag["vote_prompt_agreement"])
+        log(
+            INFO,
+            "round %d: LabVote kept %d of %d samples (discard rate %.2f), agreement with prompts %.2f",
+            server_round,
+            diag["kept"],
+            len(self.pool),
+            diag["discard_rate"],
+            diag["vote_prompt_agreement"],
+        )
         return result
 
     def _anchors(self, modality: str, kept: np.ndarray, text_anchor: torch.Tensor) -> torch.Tensor:
@@ -207,8 +234,13 @@ class FedMMKT(FederatedStrategy):
                 torch.manual_seed(self.config.seed)
                 self.fusion = CrossModalFusion(list(tokens), self.config.fusion_dim, NUM_CLASSES)
             losses = train_fusion(
-                self.fusion, tokens, torch.as_tensor(vote.labels[kept]), torch.as_tensor(vote.confidence[kept]),
-                steps=self.config.fusion_steps, lr=self.config.fusion_lr, seed=self.config.seed + server_round,
+                self.fusion,
+                tokens,
+                torch.as_tensor(vote.labels[kept]),
+                torch.as_tensor(vote.confidence[kept]),
+                steps=self.config.fusion_steps,
+                lr=self.config.fusion_lr,
+                seed=self.config.seed + server_round,
             )
             self.recorder.server(server_round, **losses)
             fused = fuse(self.fusion, tokens)
@@ -231,9 +263,15 @@ class FedMMKT(FederatedStrategy):
         captions = [f"{class_prompt(int(y))} , {self.pool.captions[i]}" for y, i in zip(labels, rows)]
         lora = {"auto": None, "on": True, "off": False}[self.config.t2i_lora]
         loss = finetune_denoiser(
-            self.models.pipe, self.pool.images[rows], captions, weights=weights,
-            steps=self.config.t2i_steps_per_round, lr=self.config.t2i_lr, batch_size=self.config.t2i_batch_size,
-            seed=self.config.seed + server_round, use_lora=lora,
+            self.models.pipe,
+            self.pool.images[rows],
+            captions,
+            weights=weights,
+            steps=self.config.t2i_steps_per_round,
+            lr=self.config.t2i_lr,
+            batch_size=self.config.t2i_batch_size,
+            seed=self.config.seed + server_round,
+            use_lora=lora,
         )
         self.recorder.server(server_round, t2i_finetune_loss=loss, t2i_finetune_samples=int(len(rows)))
 
@@ -270,13 +308,23 @@ class FedMMKT(FederatedStrategy):
             return
         start = time.perf_counter()
         metrics = evaluate_t2i(
-            m.pipe, m.judge, m.reference_features, per_class=cfg.t2i_eval_per_class, seed=cfg.seed + 777,
-            steps=cfg.sampling_steps, guidance=cfg.guidance_scale, batch_size=cfg.generation_batch_size,
+            m.pipe,
+            m.judge,
+            m.reference_features,
+            per_class=cfg.t2i_eval_per_class,
+            seed=cfg.seed + 777,
+            steps=cfg.sampling_steps,
+            guidance=cfg.guidance_scale,
+            batch_size=cfg.generation_batch_size,
             grid_path=self.recorder.run_dir / "samples" / f"round_{server_round:03d}.png",
         )
-        self.recorder.server(server_round, gen_acc=metrics["gen_acc"], fid=metrics["fid"],
-                             per_class_gen_acc=metrics["per_class_acc"],
-                             time_t2i_eval_s=time.perf_counter() - start)
+        self.recorder.server(
+            server_round,
+            gen_acc=metrics["gen_acc"],
+            fid=metrics["fid"],
+            per_class_gen_acc=metrics["per_class_acc"],
+            time_t2i_eval_s=time.perf_counter() - start,
+        )
         log(INFO, "round %d: T2I GenAcc %.3f, domain FID %.2f", server_round, metrics["gen_acc"], metrics["fid"])
 
     def configure_train(self, server_round, arrays, config, grid) -> Iterable[Message]:

@@ -61,7 +61,9 @@ def load_server_models(config: RunConfig) -> ServerModels:
         log(INFO, "preparing the toy server models (pre-training them once if the cache lacks them)")
         toy = ensure_pretrained(pretrain_spec(config), cache, progress=True)
         report = toy.load_report()["phases"]["eval"]
-        log(INFO, "pre-trained T2I model: GenAcc %.3f, domain FID %.2f (%s)", report["gen_acc"], report["fid"], toy.root)
+        log(
+            INFO, "pre-trained T2I model: GenAcc %.3f, domain FID %.2f (%s)", report["gen_acc"], report["fid"], toy.root
+        )
     pipe = load_pipeline(str(toy.t2i) if config.t2i_model == LOCAL_TOY_MODEL else config.t2i_model)
     captioner, processor = load_captioner(
         str(toy.captioner) if config.captioner_model == LOCAL_TOY_MODEL else config.captioner_model

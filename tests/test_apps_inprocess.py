@@ -1,4 +1,4 @@
-"""The ClientApp handlers and the strategies, run in-process through a LocalGrid (no Ray)."""
+"""The ClientApp handlers and the strategies, run in-process through a InProcessGrid (no Ray)."""
 
 import json
 
@@ -11,10 +11,10 @@ from client_app.app import app as client_app
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.factory import build_strategy
+from fedmmkt_strategy.inprocess import InProcessGrid
 from fedmmkt_strategy.results import RunRecorder, make_run_dir
 from fedmmkt_strategy.sampling import QuorumError
 from task_models import domain
-from tests.local_grid import LocalGrid
 
 TINY = {
     "client-layout": "image:cnn,text:bow,image:cnn,text:gru",
@@ -26,10 +26,10 @@ TINY = {
 }
 
 
-def _run(tmp_path, strategy: str, grid: LocalGrid | None = None, **overrides):
+def _run(tmp_path, strategy: str, grid: InProcessGrid | None = None, **overrides):
     rc = {**TINY, "strategy": strategy, "results-dir": str(tmp_path), **overrides}
     config = RunConfig.from_run_config(rc)
-    grid = grid or LocalGrid(client_app, rc, 4)
+    grid = grid or InProcessGrid(client_app, rc, 4)
     recorder = RunRecorder(make_run_dir(config.results_path, strategy), config.as_run_config(), strategy)
     build_strategy(config, recorder).start(
         grid=grid, initial_arrays=ArrayRecord(), num_rounds=config.num_server_rounds, timeout=60
@@ -38,7 +38,7 @@ def _run(tmp_path, strategy: str, grid: LocalGrid | None = None, **overrides):
     return grid, recorder
 
 
-def _message(grid: LocalGrid, node: int, message_type: str, content: RecordDict) -> Message:
+def _message(grid: InProcessGrid, node: int, message_type: str, content: RecordDict) -> Message:
     msg = Message(content, dst_node_id=node, message_type=message_type)
     [mid] = grid.push_messages([msg])
     [reply] = grid.pull_messages([mid])
@@ -48,18 +48,19 @@ def _message(grid: LocalGrid, node: int, message_type: str, content: RecordDict)
 
 def _synthetic(n: int = 6) -> RecordDict:
     s = domain.generate(np.arange(n) % domain.NUM_CLASSES, seed=9)
-    return RecordDict(
+    pool = ArrayRecord(
         {
-            P.SYNTHETIC: ArrayRecord(
-                {P.IMAGES: Array(s.images), P.CAPTIONS: Array(np.array([c[0] for c in s.captions]))}
-            ),
-            P.CONFIG: ConfigRecord({P.SERVER_ROUND: 1}),
+            P.IMAGES: Array(s.images),
+            P.CAPTIONS: Array(np.array([c[0] for c in s.captions])),
+            P.ROWS: Array(np.arange(n)),
+            P.POOL_SIZE: Array(np.array([n])),
         }
     )
+    return RecordDict({P.SYNTHETIC: pool, P.CONFIG: ConfigRecord({P.SERVER_ROUND: 1})})
 
 
 def test_query_infer_returns_outputs_for_each_modality():
-    grid = LocalGrid(client_app, TINY, 4)
+    grid = InProcessGrid(client_app, TINY, 4)
     for node, modality in [(100, "image"), (101, "text")]:
         reply = _message(grid, node, P.QUERY_INFER, _synthetic())
         out = reply.content[P.INFERENCE]
@@ -71,7 +72,7 @@ def test_query_infer_returns_outputs_for_each_modality():
 
 
 def test_train_distill_uses_targets_and_persists_the_model():
-    grid = LocalGrid(client_app, TINY, 4)
+    grid = InProcessGrid(client_app, TINY, 4)
     content = _synthetic()
     q = np.full((3, domain.NUM_CLASSES), 1 / domain.NUM_CLASSES, dtype=np.float32)
     fused = np.eye(3, 128, dtype=np.float32)
@@ -88,7 +89,7 @@ def test_train_distill_uses_targets_and_persists_the_model():
 
 
 def test_evaluate_reports_local_and_global_accuracy():
-    grid = LocalGrid(client_app, TINY, 4)
+    grid = InProcessGrid(client_app, TINY, 4)
     reply = _message(grid, 100, P.EVALUATE, RecordDict({P.CONFIG: ConfigRecord({P.SERVER_ROUND: 1})}))
     m = reply.content[P.METRICS]
     assert 0 <= m[P.ACC_LOCAL] <= 1 and 0 <= m[P.ACC_GLOBAL] <= 1
@@ -116,7 +117,7 @@ def test_fedavg_gives_clients_of_one_architecture_the_same_weights(tmp_path):
 
 
 def test_a_failing_and_a_silent_node_are_excluded_and_the_round_goes_on(tmp_path):
-    grid = LocalGrid(client_app, {**TINY, "strategy": "local"}, 4)
+    grid = InProcessGrid(client_app, {**TINY, "strategy": "local"}, 4)
     grid.contexts[103].node_config["partition-id"] = 99  # its ClientApp raises
     grid.silent.add(102)  # never answers
     _, recorder = _run(tmp_path, "local", grid=grid, **{"min-reply-fraction": 0.5})
@@ -127,7 +128,7 @@ def test_a_failing_and_a_silent_node_are_excluded_and_the_round_goes_on(tmp_path
 
 
 def test_below_the_reply_quorum_the_run_fails_with_a_reason(tmp_path):
-    grid = LocalGrid(client_app, {**TINY, "strategy": "local"}, 4)
+    grid = InProcessGrid(client_app, {**TINY, "strategy": "local"}, 4)
     grid.silent.update({101, 102, 103})
     with pytest.raises(QuorumError, match="only 1 of 4 nodes replied"):
         _run(tmp_path, "local", grid=grid)

@@ -26,7 +26,10 @@ def test_every_strategy_name_has_an_implementation():
     ("override", "expected"),
     [
         ({"dirichlet-alpha": -1.0}, "dirichlet-alpha = -1.0: Input should be greater than 0"),
-        ({"strategy": "fedsgd"}, "strategy = 'fedsgd': Input should be 'local', 'fedavg', 'fedmd', 'creamfl', 'self-ft' or 'fedmmkt'"),
+        (
+            {"strategy": "fedsgd"},
+            "strategy = 'fedsgd': Input should be 'local', 'fedavg', 'fedmd', 'creamfl', 'self-ft' or 'fedmmkt'",
+        ),
         ({"num-server-rounds": 0}, "num-server-rounds = 0"),
         (
             {"client-layout": "image:gru"},

@@ -8,9 +8,9 @@ from flwr.app import ArrayRecord
 from client_app.app import app as client_app
 from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.factory import build_strategy
+from fedmmkt_strategy.inprocess import InProcessGrid
 from fedmmkt_strategy.results import RunRecorder, make_run_dir
 from fedmmkt_strategy.server_models import load_server_models
-from tests.local_grid import LocalGrid
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def models(micro_run_config):
 def _run(tmp_path, micro_run_config, models, strategy, grid=None, **overrides):
     rc = {**micro_run_config, "strategy": strategy, "results-dir": str(tmp_path), **overrides}
     config = RunConfig.from_run_config(rc)
-    grid = grid or LocalGrid(client_app, rc, 4)
+    grid = grid or InProcessGrid(client_app, rc, 4)
     recorder = RunRecorder(make_run_dir(config.results_path, strategy), config.as_run_config(), strategy)
     build_strategy(config, recorder, models).start(
         grid=grid, initial_arrays=ArrayRecord(), num_rounds=config.num_server_rounds, timeout=60
@@ -33,9 +33,22 @@ def _run(tmp_path, micro_run_config, models, strategy, grid=None, **overrides):
 def test_fedmmkt_round_reports_every_diagnostic(tmp_path, micro_run_config, models):
     grid, metrics, run_dir = _run(tmp_path, micro_run_config, models, "fedmmkt", **{"labvote-beta": 1.0})
     server = metrics["rounds"][-1]["server"]
-    for key in ("discard_rate", "vote_prompt_agreement", "image_alpha_entropy", "text_alpha_max",
-                "fusion_ce", "fusion_nce", "t2i_finetune_loss", "gen_acc", "fid",
-                "time_synthesis_s", "time_query_s", "time_labvote_s", "time_fusion_s", "time_t2i_update_s"):
+    for key in (
+        "discard_rate",
+        "vote_prompt_agreement",
+        "image_alpha_entropy",
+        "text_alpha_max",
+        "fusion_ce",
+        "fusion_nce",
+        "t2i_finetune_loss",
+        "gen_acc",
+        "fid",
+        "time_synthesis_s",
+        "time_query_s",
+        "time_labvote_s",
+        "time_fusion_s",
+        "time_t2i_update_s",
+    ):
         assert key in server, key
     assert metrics["rounds"][0]["round"] == 0 and "gen_acc" in metrics["rounds"][0]["server"]
     client = metrics["rounds"][-1]["clients"][0]
@@ -59,7 +72,7 @@ def test_images_are_sent_once_then_only_regenerated_rows(tmp_path, micro_run_con
 
 def test_a_node_that_lost_its_pool_gets_it_again(tmp_path, micro_run_config, models):
     rc = {**micro_run_config, "strategy": "fedmmkt", "num-server-rounds": 3}
-    grid = LocalGrid(client_app, rc, 4)
+    grid = InProcessGrid(client_app, rc, 4)
     original = grid.client_app
 
     def forgetful(msg, ctx):  # node 101 restarts before round 2: its state is gone
@@ -86,8 +99,9 @@ def test_baselines_run_and_switch_the_right_steps_off(tmp_path, micro_run_config
         assert "image_alpha_entropy" in server
 
 
-@pytest.mark.parametrize("switch", ["use-labvote", "use-contrastive-aggregation", "use-cross-attention",
-                                    "use-t2i-update"])
+@pytest.mark.parametrize(
+    "switch", ["use-labvote", "use-contrastive-aggregation", "use-cross-attention", "use-t2i-update"]
+)
 def test_ablation_switches(tmp_path, micro_run_config, models, switch):
     # beta = 1 counts every vote: the micro models are too uncertain for beta = 0.5
     overrides = {switch: False, "num-server-rounds": 1, "labvote-beta": 1.0}

@@ -17,11 +17,14 @@ def test_labvote_three_clients_two_samples_by_hand():
     # sample 0: client A confident class 1 (h=0.2), client B fairly confident class 2 (h=0.4),
     #           client C uncertain (h=0.9, its vote does not count)
     # sample 1: everybody uncertain -> discarded
-    probs = np.array([
-        [[0.1, 0.7, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]],
-        [[0.1, 0.1, 0.8, 0.0], [0.25, 0.25, 0.25, 0.25]],
-        [[0.0, 0.0, 0.0, 1.0], [0.25, 0.25, 0.25, 0.25]],
-    ], dtype=np.float32)
+    probs = np.array(
+        [
+            [[0.1, 0.7, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]],
+            [[0.1, 0.1, 0.8, 0.0], [0.25, 0.25, 0.25, 0.25]],
+            [[0.0, 0.0, 0.0, 1.0], [0.25, 0.25, 0.25, 0.25]],
+        ],
+        dtype=np.float32,
+    )
     h = np.array([[0.2, 0.9], [0.4, 0.95], [0.9, 0.6]])
     result = labvote(probs, h * LOGC, beta=0.5)
     # weights 0.8 and 0.6 -> q = (0.8*pA + 0.6*pB) / 1.4

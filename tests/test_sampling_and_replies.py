@@ -3,9 +3,9 @@ from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.base import check_metrics_reply
+from fedmmkt_strategy.inprocess import ensure_task_identity
 from fedmmkt_strategy.replies import collect_replies, require_quorum
 from fedmmkt_strategy.sampling import NodeSampler, QuorumError
-from tests.local_grid import _ensure_task_identity
 
 
 class FakeClock:
@@ -66,7 +66,7 @@ def test_sampler_keeps_uint64_node_ids_exact():
 
 
 def _sent(nodes):
-    _ensure_task_identity()
+    ensure_task_identity()
     msgs = []
     for i, n in enumerate(nodes):
         m = Message(RecordDict(), dst_node_id=n, message_type="evaluate")

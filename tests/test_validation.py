@@ -7,8 +7,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedmmkt_strategy import protocol as P
+from fedmmkt_strategy.inprocess import ensure_task_identity
 from fedmmkt_strategy.validation import check_inference_reply
-from tests.local_grid import _ensure_task_identity
 
 N, C, D = 5, 4, 8
 
@@ -24,7 +24,7 @@ def _valid_arrays() -> dict[str, np.ndarray]:
 
 
 def _reply(arrays: dict[str, np.ndarray], client: bool = True) -> Message:
-    _ensure_task_identity()
+    ensure_task_identity()
     query = Message(RecordDict(), dst_node_id=7, message_type=P.QUERY_INFER)
     query.metadata.__dict__["_message_id"] = "q"
     content = RecordDict({P.INFERENCE: ArrayRecord({k: Array(v) for k, v in arrays.items()})})
@@ -75,7 +75,7 @@ def test_malformed_reply_is_rejected_with_a_reason(name):
 
 
 def test_reply_without_inference_or_client_record_is_rejected():
-    _ensure_task_identity()
+    ensure_task_identity()
     assert "missing ConfigRecord 'client'" in check_inference_reply(_reply(_valid_arrays(), client=False), N, C, D)
     query = Message(RecordDict(), dst_node_id=7, message_type=P.QUERY_INFER)
     query.metadata.__dict__["_message_id"] = "q"

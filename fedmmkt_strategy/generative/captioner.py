@@ -70,9 +70,7 @@ def save_captioner(model: BlipForConditionalGeneration, processor: BlipProcessor
     processor.save_pretrained(path)
 
 
-def load_captioner(
-    path_or_id: str, device: str = "cpu"
-) -> tuple[BlipForConditionalGeneration, BlipProcessor]:
+def load_captioner(path_or_id: str, device: str = "cpu") -> tuple[BlipForConditionalGeneration, BlipProcessor]:
     """Load `B` from a folder or a hub id (e.g. ``"Salesforce/blip-image-captioning-base"``).
 
     Raises

@@ -68,12 +68,8 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> tor
     kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None] ** 2))
     kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [n*c, k]
     flat = x.reshape(1, n * c, h, w)
-    flat = F.conv2d(
-        F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=n * c
-    )
-    flat = F.conv2d(
-        F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=n * c
-    )
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=n * c)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=n * c)
     return flat.reshape(n, c, h, w)
 
 
@@ -131,9 +127,7 @@ def judge_predict(judge: nn.Module, images: np.ndarray) -> np.ndarray:
 def judge_features(judge: JudgeCNN, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Penultimate features [N, d] (float64) for uint8 images, for domain FID."""
     judge.eval()
-    out = [
-        judge.features(to_judge_input(images[s : s + batch_size])) for s in range(0, len(images), batch_size)
-    ]
+    out = [judge.features(to_judge_input(images[s : s + batch_size])) for s in range(0, len(images), batch_size)]
     return torch.cat(out).double().numpy()
 
 

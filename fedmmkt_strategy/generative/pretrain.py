@@ -228,9 +228,7 @@ def _train_captioner_phase(
     )
     cap.save_captioner(model, processor, out)
     test_images, test_labels, _ = _split_arrays(splits.IMAGE_TEST, spec.domain)
-    accuracy = quality.caption_attribute_accuracy(
-        cap.caption_images(model, processor, test_images), test_labels
-    )
+    accuracy = quality.caption_attribute_accuracy(cap.caption_images(model, processor, test_images), test_labels)
     return {"train_loss": loss, "real_test_caption_acc": accuracy}
 
 

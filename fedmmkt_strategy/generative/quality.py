@@ -131,9 +131,7 @@ def caption_attribute_accuracy(captions: Sequence[str], labels: np.ndarray) -> d
     for caption, label in zip(captions, labels, strict=True):
         tokens = caption.lower().replace(",", " ").split()
         # "a yellow centre" names the (nuisance) centre colour, not the petals'.
-        words = {
-            t for t, nxt in zip(tokens, [*tokens[1:], ""], strict=True) if nxt not in ("centre", "center")
-        }
+        words = {t for t, nxt in zip(tokens, [*tokens[1:], ""], strict=True) if nxt not in ("centre", "center")}
         cls = domain.CLASSES[int(label)]
         truth = {"colour": cls.colour, "count": cls.count, "shape": cls.shape}
         row = []

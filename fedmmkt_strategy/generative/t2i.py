@@ -107,9 +107,7 @@ def build_tiny_pipeline(
     return _ready_for_inference(pipe)
 
 
-def load_pipeline(
-    path_or_id: str, dtype: torch.dtype | None = None, device: str = "cpu"
-) -> StableDiffusionPipeline:
+def load_pipeline(path_or_id: str, dtype: torch.dtype | None = None, device: str = "cpu") -> StableDiffusionPipeline:
     """Load `G` from a local folder or a hub id (e.g. ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``).
 
     The sampler is switched to DDIM (the algorithm's sampler, whatever the checkpoint ships)
@@ -458,9 +456,9 @@ def _denoising_loss(
 ) -> torch.Tensor:
     """The standard diffusers text-to-image step: noise, predict, per-sample weighted MSE."""
     noise = torch.randn(latents.shape, generator=generator).to(latents)
-    timesteps = torch.randint(
-        noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator
-    ).to(latents.device)
+    timesteps = torch.randint(noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(
+        latents.device
+    )
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     text_states = text_encoder(input_ids, return_dict=False)[0]
     prediction = unet(noisy, timesteps, text_states, return_dict=False)[0]

@@ -1,30 +1,38 @@
-"""An in-process Flower Grid for tests: messages go straight to `client_app(msg, context)`.
+"""Federated runs in one process, without Ray: a Grid that hands each message straight to
+`client_app(message, context)`.
 
-No Ray, no serialisation, seconds per round. A ClientApp exception becomes an error reply
-(code 2, as Flower's runtime produces), so strategies see the same failure shapes as in a real run.
+Used by `fedmmkt compare` (many runs, fast) and the tests. Each node keeps its own Context, so
+`context.state` persists across rounds as on a SuperNode. A ClientApp exception becomes an error
+reply (code 2, as Flower's runtime produces), so strategies see the same failure shapes as in a
+real run. Messages are not serialised, so byte counts come from the same record accounting.
 """
 
 from __future__ import annotations
 
+import importlib
 import traceback
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from uuid import uuid4
 
+import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedmmkt_strategy.runner import run_federation
+
 CLIENT_APP_RAISED_EXCEPTION = 2
 
 
-def _ensure_task_identity() -> None:
+def ensure_task_identity() -> None:
     # Building Messages outside a Flower runtime needs a task identity (private API).
     for name in ("_run_id", "_node_id", "_task_id"):
         if getattr(TaskIdentity, name, None) is None:
             setattr(TaskIdentity, name, 1)
 
 
-class LocalGrid(Grid):
+class InProcessGrid(Grid):
     """A Grid over in-process nodes: node id -> Context (state persists across messages)."""
 
     def __init__(
@@ -34,7 +42,7 @@ class LocalGrid(Grid):
         num_nodes: int,
         node_configs: list[dict] | None = None,
     ):
-        _ensure_task_identity()
+        ensure_task_identity()
         self.client_app = client_app
         self.contexts = {
             100 + i: Context(
@@ -84,3 +92,23 @@ class LocalGrid(Grid):
     @property
     def run(self):  # pragma: no cover
         return None
+
+
+def load_client_app(reference: str = "client_app.app:app") -> Callable[[Message, Context], Message]:
+    """Import a ClientApp from a ``module:attribute`` reference, as Flower does from pyproject.toml.
+
+    Loaded by reference so this package never imports an app module statically. Importing the
+    ClientApp pins torch to one thread (right for simulated nodes sharing cores); in-process,
+    clients run one after another, so the thread count is restored.
+    """
+    threads = torch.get_num_threads()
+    module, _, attribute = reference.partition(":")
+    app = getattr(importlib.import_module(module), attribute)
+    torch.set_num_threads(threads)
+    return app
+
+
+def run_inprocess(run_config: dict, num_nodes: int, models=None, client_app_ref: str = "client_app.app:app") -> Path:
+    """One whole federated run in this process; returns its results folder."""
+    grid = InProcessGrid(load_client_app(client_app_ref), run_config, num_nodes)
+    return run_federation(grid, run_config, models)
