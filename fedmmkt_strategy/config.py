@@ -59,6 +59,7 @@ class RunConfig(BaseModel):
     t2i_model: str = LOCAL_TOY_MODEL
     captioner_model: str = LOCAL_TOY_MODEL
     cache_dir: str = ""
+    pretrain_seed: int = Field(0, ge=0)
     pretrain_judge_epochs: int = Field(60, ge=1)
     pretrain_vae_steps: int = Field(500, ge=1)
     pretrain_t2i_steps: int = Field(900, ge=1)

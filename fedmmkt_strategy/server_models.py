@@ -25,6 +25,7 @@ from fedmmkt_strategy.generative.captioner import load_captioner
 from fedmmkt_strategy.generative.judge import JudgeCNN, load_judge
 from fedmmkt_strategy.generative.pretrain import PretrainSpec, ensure_pretrained
 from fedmmkt_strategy.generative.t2i import load_pipeline
+from task_models.splits import DomainSpec
 
 
 @dataclass
@@ -40,11 +41,22 @@ class ServerModels:
 
 
 def pretrain_spec(config: RunConfig) -> PretrainSpec:
-    """The pre-training spec of the toy server models this run config asks for."""
+    """The pre-training spec of the toy server models this run config asks for.
+
+    Only what the server's public and reference splits depend on enters it, seeded by
+    `pretrain-seed`: the run seed and the clients' pool and test sizes do not, so a comparison
+    over seeds shares one pre-trained model and changing them never triggers a new pre-training.
+    """
+    server_domain = dataclasses.replace(
+        config.domain,
+        seed=config.pretrain_seed,
+        pool_size=DomainSpec.pool_size,
+        test_per_class=DomainSpec.test_per_class,
+    )
     return dataclasses.replace(
         PretrainSpec(),
-        domain=config.domain,
-        seed=config.seed,
+        domain=server_domain,
+        seed=config.pretrain_seed,
         judge_epochs=config.pretrain_judge_epochs,
         vae_steps=config.pretrain_vae_steps,
         t2i_steps=config.pretrain_t2i_steps,

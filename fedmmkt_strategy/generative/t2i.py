@@ -187,6 +187,21 @@ def generate_images(
     return images
 
 
+@torch.no_grad()
+def text_embeddings(pipe: StableDiffusionPipeline, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """Pooled text-encoder embeddings [N, hidden] (float32) of `texts`, as `G` reads them.
+
+    Round 1 of MultiRepFusion uses these as the text-side anchor before any fused vector
+    exists (ALGORITHM.md, step 4a).
+    """
+    out = []
+    for start in range(0, len(texts), batch_size):
+        ids = _tokenize(pipe.tokenizer, list(texts[start : start + batch_size])).to(pipe.device)
+        out.append(pipe.text_encoder(ids).pooler_output.float().cpu())
+    hidden = pipe.text_encoder.config.hidden_size
+    return torch.cat(out).numpy() if out else np.zeros((0, hidden), np.float32)
+
+
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] to float [N, 3, H, W] in [-1, 1], the VAE's input range."""
     return torch.from_numpy(np.asarray(images, np.uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0

@@ -122,3 +122,10 @@ def test_pretrain_denoiser_trains_text_encoder_too(pipe, public):
     assert np.isfinite(loss)
     assert not _same(text_encoder, _state(pipe.text_encoder))
     assert not pipe.unet.training
+
+
+def test_text_embeddings_are_pooled_per_text(pipe):
+    emb = t2i.text_embeddings(pipe, PROMPTS + [PROMPTS[0]], batch_size=2)
+    assert emb.shape == (5, 128) and emb.dtype == np.float32
+    np.testing.assert_allclose(emb[0], emb[4], atol=1e-6)
+    assert not np.allclose(emb[0], emb[1])
