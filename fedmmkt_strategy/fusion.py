@@ -141,8 +141,8 @@ def train_fusion(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        ce_total += float(ce)
-        nce_total += float(nce)
+        ce_total += ce.item()
+        nce_total += nce.item()
     return {"fusion_ce": ce_total / steps, "fusion_nce": nce_total / steps}
 
 
