@@ -7,6 +7,7 @@ that override the hooks `prepare_round`, `train_content`, `evaluate_content` and
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from logging import INFO
 
@@ -86,6 +87,9 @@ class FederatedStrategy(Strategy):
     def after_train(self, server_round: int, outcome: PhaseOutcome) -> None:
         """Use the accepted train replies (e.g. average weights); nothing by default."""
 
+    def after_evaluate(self, server_round: int) -> None:
+        """Server-side evaluation after the clients reported (e.g. T2I quality); none by default."""
+
     def check_train_reply(self, reply: Message) -> str | None:
         return check_metrics_reply(reply, self.train_metrics)
 
@@ -123,14 +127,17 @@ class FederatedStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self._round_start = time.perf_counter()
         self.nodes = self.sampler.sample(grid, server_round)
         self.prepare_round(server_round, grid)
         contents = {node: self.train_content(server_round, node) for node in self.nodes}
+        self._phase_start = time.perf_counter()
         return self.send(P.TRAIN_DISTILL, P.TRAIN_DISTILL, server_round, contents)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self.recorder.server(server_round, time_distill_phase_s=time.perf_counter() - self._phase_start)
         outcome = self.receive(P.TRAIN_DISTILL, server_round, replies, self.check_train_reply)
         losses = []
         for node, reply in outcome.ok.items():
@@ -144,9 +151,11 @@ class FederatedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         contents = {node: self.evaluate_content(server_round, node) for node in self.nodes}
+        self._phase_start = time.perf_counter()
         return self.send(P.EVALUATE, P.EVALUATE, server_round, contents)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        self.recorder.server(server_round, time_evaluate_phase_s=time.perf_counter() - self._phase_start)
         check = lambda reply: check_metrics_reply(reply, self.evaluate_metrics)  # noqa: E731
         outcome = self.receive(P.EVALUATE, server_round, replies, check)
         for node, reply in outcome.ok.items():
@@ -160,6 +169,8 @@ class FederatedStrategy(Strategy):
                 loss_global=float(m.get(P.LOSS_GLOBAL, float("nan"))),
                 num_examples=int(m[P.NUM_EXAMPLES]),
             )
+        self.after_evaluate(server_round)
+        self.recorder.server(server_round, time_round_s=time.perf_counter() - self._round_start)
         self.recorder.write()
         summary = self.recorder.round_summary(server_round)
         log(

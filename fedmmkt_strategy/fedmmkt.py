@@ -24,7 +24,7 @@ from logging import INFO
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -332,10 +332,9 @@ class FedMMKT(FederatedStrategy):
             self.evaluate_t2i(0)
         return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def after_evaluate(self, server_round: int) -> None:
         every = self.config.t2i_eval_every
         t2i_changes = self.use_t2i_update and self.config.t2i_steps_per_round > 0
         last = server_round == self.config.num_server_rounds
         if t2i_changes and every and (server_round % every == 0 or last):
             self.evaluate_t2i(server_round)
-        return super().aggregate_evaluate(server_round, replies)
