@@ -74,6 +74,7 @@ class RunConfig(BaseModel):
     # -- steps 3-5: LabVote, MultiRepFusion, T2I update (ablation switches: use-*)
     labvote_beta: float = Field(0.5, ge=0, le=1)
     contrastive_tau: float = Field(0.1, gt=0)
+    contrastive_batch: int = Field(1024, ge=2)
     fusion_steps: int = Field(50, ge=0)
     fusion_lr: float = Field(1e-3, gt=0)
     t2i_steps_per_round: int = Field(30, ge=0)

@@ -220,7 +220,8 @@ class FedMMKT(FederatedStrategy):
         for m, nodes in by_modality.items():
             reps = torch.as_tensor(self._stack(outcome, P.EMBEDDING, nodes)[:, kept])
             if self.use_contrastive:
-                alpha = contrastive_weights(reps, self._anchors(m, kept, text_anchor), self.config.contrastive_tau)
+                anchors = self._anchors(m, kept, text_anchor)
+                alpha = contrastive_weights(reps, anchors, self.config.contrastive_tau, self.config.contrastive_batch)
             else:
                 alpha = torch.full(reps.shape[:2], 1.0 / len(nodes))
             diag = weight_diagnostics(alpha)

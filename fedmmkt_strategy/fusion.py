@@ -5,8 +5,9 @@ a. Contrastive aggregation (CreamFL-style). A client's representation of sample 
    well it picks out i's anchor among the anchors of the kept batch:
    ``s_{k,i} = log softmax_j(r_{k,i} . g_j / tau)[i]``; the client weights of sample i are
    ``alpha_{k,i} = softmax_k(s_{k,i})`` and ``R_{m,i} = sum_k alpha_{k,i} r_{k,i}``.
-   The N x N score matrix is never materialised: rows are processed in chunks, so 50 k samples
-   by 100 clients stays in bounded memory.
+   The negatives j are the kept samples of i's block (`contrastive-batch` rows, CreamFL scores
+   within a batch), and rows are processed in chunks: the N x N matrix that made CreamFL's
+   reference code run out of memory at 50 k samples is never materialised.
 b. Cross-attention. Each modality's aggregate attends, as query, over the tokens of all other
    modalities (a set, not an average, when there are more than two), with residual and
    LayerNorm. The module is trained on the server with confidence-weighted cross-entropy on the
@@ -24,24 +25,35 @@ from torch import nn
 
 
 @torch.no_grad()
-def contrastive_scores(reps: torch.Tensor, anchors: torch.Tensor, tau: float, chunk: int = 2048) -> torch.Tensor:
+def contrastive_scores(
+    reps: torch.Tensor, anchors: torch.Tensor, tau: float, batch_size: int | None = None, chunk: int = 256
+) -> torch.Tensor:
     """s[k, i] = log softmax over j of (reps[k, i] . anchors[j] / tau), evaluated at j = i.
 
-    reps: [K, N, d]; anchors: [N, d]. Returns [K, N]. Memory is O(K * chunk * N).
+    reps: [K, N, d]; anchors: [N, d]. Returns [K, N]. The negatives j are the rows of i's block of
+    `batch_size` consecutive rows (all N rows when None), as CreamFL scores within a batch; rows
+    are processed `chunk` at a time, so memory is O(K * chunk * batch_size), never N x N.
     """
     k, n, _ = reps.shape
+    block = n if batch_size is None else batch_size
     scores = torch.empty(k, n, dtype=torch.float32)
-    for start in range(0, n, chunk):
-        rows = reps[:, start : start + chunk]  # [K, b, d]
-        logits = rows @ anchors.T / tau  # [K, b, N]
-        own = (rows * anchors[start : start + chunk]).sum(-1) / tau  # [K, b]
-        scores[:, start : start + chunk] = own - torch.logsumexp(logits, dim=-1)
+    for block_start in range(0, n, block):
+        block_end = min(n, block_start + block)
+        negatives = anchors[block_start:block_end]
+        for start in range(block_start, block_end, chunk):
+            end = min(block_end, start + chunk)
+            rows = reps[:, start:end]  # [K, b, d]
+            logits = rows @ negatives.T / tau  # [K, b, block]
+            own = (rows * anchors[start:end]).sum(-1) / tau  # [K, b]
+            scores[:, start:end] = own - torch.logsumexp(logits, dim=-1)
     return scores
 
 
-def contrastive_weights(reps: torch.Tensor, anchors: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+def contrastive_weights(
+    reps: torch.Tensor, anchors: torch.Tensor, tau: float = 0.1, batch_size: int | None = None
+) -> torch.Tensor:
     """alpha [K, N]: per sample, a softmax over clients of their contrastive scores."""
-    return torch.softmax(contrastive_scores(reps, anchors, tau), dim=0)
+    return torch.softmax(contrastive_scores(reps, anchors, tau, batch_size), dim=0)
 
 
 def aggregate(reps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

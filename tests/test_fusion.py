@@ -24,6 +24,8 @@ def test_contrastive_scores_by_hand_and_chunking_agrees():
     big = F.normalize(torch.randn(3, 50, 8), dim=-1)
     anchors = F.normalize(torch.randn(50, 8), dim=-1)
     assert torch.allclose(contrastive_scores(big, anchors, 0.1, chunk=7), contrastive_scores(big, anchors, 0.1))
+    blocks = contrastive_scores(big, anchors, 0.1, batch_size=20, chunk=7)
+    assert torch.allclose(blocks[:, 40:], contrastive_scores(big[:, 40:], anchors[40:], 0.1))
 
 
 def test_weights_sum_to_one_and_the_better_aligned_client_weighs_more():
