@@ -21,6 +21,7 @@ from task_models.layout import NodeRole, assign_node
 from task_models.modality import to_model_input, vocab_size
 from task_models.models import TaskModel
 from task_models.registry import ModelSpec, build_task_model
+from task_models.training import TrainSettings, train_model
 
 MODEL_STATE = "model"
 
@@ -53,9 +54,21 @@ class ClientNode:
         model = build_task_model(
             role.architecture, spec, seed=config.seed * 7919 + zlib.crc32(role.architecture.encode())
         )
+        node = cls(config, role, partition_id, data, model)
         if MODEL_STATE in context.state:
             model.load_state_dict(context.state[MODEL_STATE].to_torch_state_dict())
-        return cls(config, role, partition_id, data, model)
+        elif config.client_warmup_epochs > 0:
+            node.warm_up(context)
+        return node
+
+    def warm_up(self, context: Context) -> None:
+        """Train a fresh model on private data before its first use: clients join with a task model
+        of their own, so their first votes on synthetic data are informed, not uniform."""
+        settings = TrainSettings(
+            epochs=self.config.client_warmup_epochs, lr=self.config.lr, batch_size=self.config.batch_size
+        )
+        train_model(self.model, *self.tensors("train"), settings, seed=self.config.seed * 1000)
+        self.save(context)
 
     def save(self, context: Context) -> None:
         context.state[MODEL_STATE] = ArrayRecord(self.model.state_dict())

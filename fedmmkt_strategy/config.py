@@ -49,6 +49,7 @@ class RunConfig(BaseModel):
     caption_partial_rate: float = Field(0.4, ge=0, le=1)
     # -- client training
     local_epochs: int = Field(2, ge=1)
+    client_warmup_epochs: int = Field(3, ge=0)
     lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     fusion_dim: int = Field(128, ge=2)
