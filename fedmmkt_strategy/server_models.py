@@ -60,6 +60,7 @@ def pretrain_spec(config: RunConfig) -> PretrainSpec:
         judge_epochs=config.pretrain_judge_epochs,
         vae_steps=config.pretrain_vae_steps,
         t2i_steps=config.pretrain_t2i_steps,
+        t2i_lr=config.pretrain_t2i_lr,
         captioner_steps=config.pretrain_captioner_steps,
         eval_per_class=config.pretrain_eval_per_class,
     )
