@@ -68,8 +68,8 @@ class RunConfig(BaseModel):
     pretrain_captioner_steps: int = Field(2000, ge=1)
     pretrain_eval_per_class: int = Field(10, ge=1)
     # -- step 1: synthesis
-    synthetic_size: int = Field(240, ge=2)
-    refresh_fraction: float = Field(0.5, ge=0, le=1)
+    synthetic_size: int = Field(192, ge=2)
+    refresh_fraction: float = Field(0.25, ge=0, le=1)
     sampling_steps: int = Field(25, ge=1)
     guidance_scale: float = Field(3.0, ge=1)
     generation_batch_size: int = Field(64, ge=1)
@@ -79,7 +79,7 @@ class RunConfig(BaseModel):
     contrastive_batch: int = Field(1024, ge=2)
     fusion_steps: int = Field(50, ge=0)
     fusion_lr: float = Field(1e-3, gt=0)
-    t2i_steps_per_round: int = Field(30, ge=0)
+    t2i_steps_per_round: int = Field(20, ge=0)
     t2i_lr: float = Field(1e-4, gt=0)
     t2i_batch_size: int = Field(32, ge=1)
     t2i_lora: Literal["auto", "on", "off"] = "auto"
@@ -88,7 +88,7 @@ class RunConfig(BaseModel):
     use_cross_attention: bool = True
     use_t2i_update: bool = True
     # -- T2I quality (GenAcc, domain FID, sample grid)
-    t2i_eval_every: int = Field(1, ge=0)
+    t2i_eval_every: int = Field(2, ge=0)
     t2i_eval_per_class: int = Field(4, ge=1)
     # -- sampling, quorum, timeouts
     min_nodes: int = Field(2, ge=1)
