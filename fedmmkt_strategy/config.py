@@ -62,10 +62,10 @@ class RunConfig(BaseModel):
     cache_dir: str = ""
     pretrain_seed: int = Field(0, ge=0)
     pretrain_judge_epochs: int = Field(60, ge=1)
-    pretrain_vae_steps: int = Field(500, ge=1)
-    pretrain_t2i_steps: int = Field(1200, ge=1)
+    pretrain_vae_steps: int = Field(400, ge=1)
+    pretrain_t2i_steps: int = Field(1100, ge=1)
     pretrain_t2i_lr: float = Field(1e-3, gt=0)
-    pretrain_captioner_steps: int = Field(2000, ge=1)
+    pretrain_captioner_steps: int = Field(1600, ge=1)
     pretrain_eval_per_class: int = Field(10, ge=1)
     # -- step 1: synthesis
     synthetic_size: int = Field(192, ge=2)
