@@ -39,6 +39,7 @@ from fedmmkt_strategy.fusion import (
     train_fusion,
     weight_diagnostics,
 )
+from fedmmkt_strategy.generative.judge import judge_predict
 from fedmmkt_strategy.generative.quality import evaluate_t2i
 from fedmmkt_strategy.generative.synthesis import SyntheticPool, generate_and_caption, refresh, synthesize
 from fedmmkt_strategy.generative.t2i import finetune_denoiser
@@ -180,7 +181,8 @@ class FedMMKT(FederatedStrategy):
             result = labvote(probs, self._stack(outcome, P.ENTROPY, nodes), self.config.labvote_beta)
         else:
             result = plain_average(probs)
-        diag = vote_diagnostics(result, self.pool.classes)
+        depicted = None if self.models.judge is None else judge_predict(self.models.judge, self.pool.images)
+        diag = vote_diagnostics(result, self.pool.classes, depicted)
         for node, share in zip(nodes, diag.pop("counted_vote_share")):
             self.recorder.client(server_round, node, counted_vote_share=share)
         self.recorder.server(server_round, **diag)

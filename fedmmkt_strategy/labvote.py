@@ -68,12 +68,31 @@ def plain_average(probs: np.ndarray) -> VoteResult:
     return VoteResult(soft, soft.argmax(1).astype(np.int64), np.ones(n, bool), soft.max(1), np.ones((k, n), bool))
 
 
-def vote_diagnostics(result: VoteResult, prompt_classes: np.ndarray) -> dict[str, float | list[float]]:
+def _agreement(a: np.ndarray, b: np.ndarray, rows: np.ndarray) -> float:
+    return float((a[rows] == b[rows]).mean()) if rows.any() else float("nan")
+
+
+def vote_diagnostics(
+    result: VoteResult, prompt_classes: np.ndarray, depicted_classes: np.ndarray | None = None
+) -> dict[str, float | list[float]]:
     """Discard rate, agreement of voted labels with prompt classes (label corrections are the
-    disagreements), and each client's counted-vote share."""
+    disagreements), and each client's counted-vote share.
+
+    With `depicted_classes` (what the images show, as a reference classifier judges them; known
+    in the toy world) it also reports how often the prompt and the vote are right: a vote helps
+    when `vote_depicted_agreement` beats `prompt_depicted_agreement` on the kept rows.
+    """
     kept = result.kept
-    agreement = float((result.labels[kept] == prompt_classes[kept]).mean()) if kept.any() else float("nan")
+    agreement = _agreement(result.labels, prompt_classes, kept)
+    extra: dict[str, float] = {}
+    if depicted_classes is not None:
+        extra = {
+            "vote_depicted_agreement": _agreement(result.labels, depicted_classes, kept),
+            "prompt_depicted_agreement_kept": _agreement(prompt_classes, depicted_classes, kept),
+            "prompt_depicted_agreement": _agreement(prompt_classes, depicted_classes, np.ones(len(kept), bool)),
+        }
     return {
+        **extra,
         "discard_rate": float(1.0 - kept.mean()) if len(kept) else float("nan"),
         "kept": int(kept.sum()),
         "vote_prompt_agreement": agreement,

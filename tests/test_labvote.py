@@ -69,6 +69,21 @@ def test_label_correction_and_diagnostics():
     assert diag["counted_vote_share"] == [1.0, 1.0]
 
 
+def test_depicted_class_diagnostics_say_whether_the_vote_beats_the_prompt():
+    # sample 0 is prompted as 0 but depicts 3 (the vote is right, the prompt wrong);
+    # sample 1 is prompted and depicted as 1 and voted 1; sample 2 has no counted vote
+    probs = np.zeros((2, 3, C), dtype=np.float32)
+    probs[:, 0, 3] = 1.0
+    probs[:, 1, 1] = 1.0
+    probs[:, 2] = 1.0 / C
+    entropy = np.array([[0.0, 0.0, LOGC], [0.0, 0.0, LOGC]])
+    result = labvote(probs, entropy)
+    diag = vote_diagnostics(result, prompt_classes=np.array([0, 1, 2]), depicted_classes=np.array([3, 1, 5]))
+    assert diag["vote_depicted_agreement"] == 1.0
+    assert diag["prompt_depicted_agreement_kept"] == 0.5
+    assert diag["prompt_depicted_agreement"] == 1 / 3
+
+
 def test_normalised_entropy_is_clipped():
     assert normalised_entropy(np.array([-0.1, LOGC * 1.01]), C).tolist() == [0.0, 1.0]
 
