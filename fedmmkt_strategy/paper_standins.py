@@ -15,6 +15,7 @@ They are the same classes the real checkpoints load into, so only the folder dif
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, Features, Image, Value
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image as PILImage
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import (
     BlipConfig,
@@ -73,10 +75,6 @@ def write_flowers_parquet(path: str | Path, num_classes: int = 4, per_class: int
 
 
 def _png(image: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image as PILImage
-
     buffer = io.BytesIO()
     PILImage.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
