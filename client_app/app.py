@@ -14,7 +14,6 @@ from flwr.clientapp import ClientApp
 from client_app.node import ClientNode
 from client_app.synthetic_cache import cached_synthetic, update_synthetic_cache
 from fedmmkt_strategy import protocol as P
-from task_models.modality import to_model_input
 from task_models.training import DistillTargets, TrainSettings, evaluate_model, infer, train_model
 
 torch.set_num_threads(1)  # simulated nodes share the machine's cores; one thread each avoids thrashing
@@ -26,7 +25,7 @@ def _synthetic_inputs(node: ClientNode, msg: Message, context: Context) -> torch
     """This modality's synthetic inputs: the cached pool, updated with the rows the message carries."""
     if P.SYNTHETIC in msg.content.array_records:
         update_synthetic_cache(context.state, msg.content[P.SYNTHETIC])
-    return to_model_input(node.role.modality, cached_synthetic(context.state, node.role.modality))
+    return node.model_input(cached_synthetic(context.state, node.role.modality))
 
 
 @app.query("infer")

@@ -16,12 +16,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
 from task_models.client_data import ClientData, load_client_data
-from task_models.domain import NUM_CLASSES
 from task_models.layout import NodeRole, assign_node
-from task_models.modality import to_model_input, vocab_size
+from task_models.modality import to_model_input
 from task_models.models import TaskModel
 from task_models.registry import ModelSpec, build_task_model
 from task_models.training import TrainSettings, train_model
+from task_models.world import World
 
 MODEL_STATE = "model"
 
@@ -31,6 +31,7 @@ class ClientNode:
     """The role, data and model of this node for one message."""
 
     config: RunConfig
+    world: World
     role: NodeRole
     partition_id: int
     data: ClientData
@@ -41,20 +42,28 @@ class ClientNode:
         config = RunConfig.from_run_config(context.run_config)
         partition_id = int(context.node_config["partition-id"])
         role = assign_node(partition_id, int(context.node_config["num-partitions"]), config.layout)
+        world = config.world()
         data = load_client_data(
-            config.domain,
+            world,
             role.modality,
             role.partition,
             role.num_partitions,
             config.dirichlet_alpha,
             config.local_test_fraction,
         )
-        spec = ModelSpec(NUM_CLASSES, config.fusion_dim, vocab_size(), config.image_size)
+        spec = ModelSpec(
+            world.num_classes,
+            config.fusion_dim,
+            len(world.tokenizer()),
+            config.image_size,
+            pretrained=config.client_pretrained,
+            width_scale=config.client_width_scale,
+        )
         # Same seed for the same architecture on every node, so FedAvg groups start equal.
         model = build_task_model(
             role.architecture, spec, seed=config.seed * 7919 + zlib.crc32(role.architecture.encode())
         )
-        node = cls(config, role, partition_id, data, model)
+        node = cls(config, world, role, partition_id, data, model)
         if MODEL_STATE in context.state:
             model.load_state_dict(context.state[MODEL_STATE].to_torch_state_dict())
         elif config.client_warmup_epochs > 0:
@@ -90,4 +99,8 @@ class ClientNode:
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Model inputs and labels of 'train', 'test' or 'global_test'."""
         part = getattr(self.data, split)
-        return to_model_input(self.role.modality, part.inputs), torch.as_tensor(part.labels)
+        return self.model_input(part.inputs), torch.as_tensor(part.labels)
+
+    def model_input(self, raw) -> torch.Tensor:
+        """Raw images or texts of this node's modality as its model's input (the world's tokenizer)."""
+        return to_model_input(self.role.modality, raw, self.world.tokenizer())

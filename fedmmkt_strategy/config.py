@@ -11,10 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from task_models.hf_datasets import PaperDataSpec
 from task_models.layout import LayoutEntry, parse_layout
 from task_models.splits import DomainSpec
+from task_models.world import World, build_world
 
 STRATEGY_NAMES = ("local", "fedavg", "fedmd", "creamfl", "self-ft", "fedmmkt")
 StrategyName = Literal["local", "fedavg", "fedmd", "creamfl", "self-ft", "fedmmkt"]
@@ -42,8 +44,20 @@ class RunConfig(BaseModel):
     client_layout: str = "image:cnn,image:resnet,image:cnn-small,image:vit,text:gru,text:transformer,text:gru,text:bow"
     dirichlet_alpha: float = Field(0.5, gt=0)
     local_test_fraction: float = Field(0.2, gt=0, lt=1)
+    # -- the world: "toy" (offline default) or "hf" (paper profile, a Hugging Face image-text dataset)
+    dataset: Literal["toy", "hf"] = "toy"
+    hf_dataset: str = ""
+    hf_split: str = "train"
+    hf_image_column: str = "image"
+    hf_text_column: str = "text"
+    hf_label_column: str = "label"
+    hf_max_samples: int = Field(0, ge=0)
+    hf_prompt_template: str = "a photo of a {}"
+    text_tokenizer: str = ""
+    client_pretrained: bool = False
+    client_width_scale: float = Field(1.0, gt=0, le=1)
     # -- toy domain
-    image_size: Literal[32, 64] = 32
+    image_size: int = Field(32, ge=16, le=1024)
     pool_size: int = Field(4000, ge=100)
     test_per_class: int = Field(20, ge=1)
     caption_partial_rate: float = Field(0.4, ge=0, le=1)
@@ -83,6 +97,8 @@ class RunConfig(BaseModel):
     t2i_lr: float = Field(1e-4, gt=0)
     t2i_batch_size: int = Field(32, ge=1)
     t2i_lora: Literal["auto", "on", "off"] = "auto"
+    server_device: Literal["auto", "cpu", "cuda"] = "auto"
+    t2i_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     use_labvote: bool = True
     use_contrastive_aggregation: bool = True
     use_cross_attention: bool = True
@@ -90,6 +106,8 @@ class RunConfig(BaseModel):
     # -- T2I quality (GenAcc, domain FID, sample grid)
     t2i_eval_every: int = Field(2, ge=0)
     t2i_eval_per_class: int = Field(4, ge=1)
+    clip_model: str = ""
+    standard_fid: bool = False
     # -- sampling, quorum, timeouts
     min_nodes: int = Field(2, ge=1)
     sample_fraction: float = Field(1.0, gt=0, le=1)
@@ -106,6 +124,45 @@ class RunConfig(BaseModel):
     def _layout_is_valid(cls, value: str) -> str:
         parse_layout(value)
         return value
+
+    @field_validator("hf_prompt_template")
+    @classmethod
+    def _template_has_slot(cls, value: str) -> str:
+        if value.count("{}") != 1:
+            raise ValueError("must contain '{}' exactly once, where the class name goes")
+        return value
+
+    @model_validator(mode="after")
+    def _world_is_consistent(self) -> RunConfig:
+        if self.dataset == "toy" and self.image_size not in (32, 64):
+            raise ValueError(f"image-size = {self.image_size}: the toy world renders 32 or 64 pixels only")
+        if self.dataset == "hf":
+            if not self.hf_dataset:
+                raise ValueError("hf-dataset is empty: dataset = 'hf' needs a hub id or a local parquet file/folder")
+            for key, value in (("t2i-model", self.t2i_model), ("captioner-model", self.captioner_model)):
+                if value == LOCAL_TOY_MODEL:
+                    raise ValueError(f"{key} = {value!r} is the toy world's model; dataset = 'hf' needs a folder or id")
+        return self
+
+    @property
+    def world_spec(self) -> DomainSpec | PaperDataSpec:
+        """The data a run lives in: the toy `DomainSpec` or the paper dataset's `PaperDataSpec`."""
+        if self.dataset == "toy":
+            return self.domain
+        return PaperDataSpec(
+            source=self.hf_dataset,
+            split=self.hf_split,
+            image_column=self.hf_image_column,
+            text_column=self.hf_text_column,
+            label_column=self.hf_label_column,
+            image_size=self.image_size,
+            max_samples=self.hf_max_samples,
+            seed=self.seed,
+        )
+
+    def world(self) -> World:
+        """The run's world (class names, prompts, splits, text tokenizer); loads a paper dataset once."""
+        return build_world(self.world_spec, self.hf_prompt_template, self.text_tokenizer)
 
     @property
     def layout(self) -> list[LayoutEntry]:
@@ -148,7 +205,7 @@ def format_errors(err: ValidationError) -> str:
             lines.append(f"  {key}: unknown key; known keys: {', '.join(sorted(_known_keys()))}")
         else:
             message = e["msg"].removeprefix("Value error, ")
-            lines.append(f"  {key} = {e.get('input')!r}: {message}")
+            lines.append(f"  {key} = {e.get('input')!r}: {message}" if e["loc"] else f"  {message}")
     lines.append("change it in [tool.flwr.app.config] of pyproject.toml or pass --run-config 'key=value' to flwr run")
     return "\n".join(lines)
 

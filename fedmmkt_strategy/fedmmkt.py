@@ -40,15 +40,22 @@ from fedmmkt_strategy.fusion import (
     weight_diagnostics,
 )
 from fedmmkt_strategy.generative.judge import judge_predict
-from fedmmkt_strategy.generative.quality import evaluate_t2i
-from fedmmkt_strategy.generative.synthesis import SyntheticPool, generate_and_caption, refresh, synthesize
+from fedmmkt_strategy.generative.quality import class_prompt_set, evaluate_t2i, resize_images
+from fedmmkt_strategy.generative.standard_metrics import clip_score, standard_fid
+from fedmmkt_strategy.generative.synthesis import (
+    SyntheticPool,
+    generate_and_caption,
+    refresh,
+    synthesize,
+    world_prompts,
+)
 from fedmmkt_strategy.generative.t2i import finetune_denoiser
 from fedmmkt_strategy.labvote import VoteResult, labvote, plain_average, vote_diagnostics
 from fedmmkt_strategy.replies import PhaseOutcome
 from fedmmkt_strategy.results import RunRecorder
 from fedmmkt_strategy.server_models import ServerModels, caption_anchors, load_server_models
 from fedmmkt_strategy.validation import check_inference_reply
-from task_models.domain import NUM_CLASSES, class_prompt
+from task_models import splits
 from task_models.modality import MODALITIES
 
 
@@ -78,6 +85,8 @@ class FedMMKT(FederatedStrategy):
     def __init__(self, config: RunConfig, recorder: RunRecorder, models: ServerModels | None = None):
         super().__init__(config, recorder)
         self.models = models or load_server_models(config)
+        self.world = config.world()
+        self.prompt_fn = world_prompts(self.world)
         self.use_vote = config.use_labvote
         self.use_contrastive = config.use_contrastive_aggregation
         self.use_cross_attention = config.use_cross_attention
@@ -125,11 +134,20 @@ class FedMMKT(FederatedStrategy):
                 seed=cfg.seed * 100003,
                 generation_round=server_round,
                 progress=True,
+                num_classes=self.world.num_classes,
+                prompt_fn=self.prompt_fn,
                 **kwargs,
             )
         log(INFO, "round %d: regenerating %.0f %% of the synthetic pool", server_round, 100 * cfg.refresh_fraction)
         generator = partial(generate_and_caption, m.pipe, m.captioner, m.processor, progress=True, **kwargs)
-        return refresh(self.pool, cfg.refresh_fraction, generator, server_round, seed=cfg.seed * 100003 + server_round)
+        return refresh(
+            self.pool,
+            cfg.refresh_fraction,
+            generator,
+            server_round,
+            seed=cfg.seed * 100003 + server_round,
+            prompt_fn=self.prompt_fn,
+        )
 
     def _pool_update(self, server_round: int, node: int) -> ArrayRecord:
         """The pool rows this node lacks, of its modality (both modalities if still unknown)."""
@@ -141,7 +159,8 @@ class FedMMKT(FederatedStrategy):
             {P.ROWS: Array(rows.astype(np.int64)), P.POOL_SIZE: Array(np.array([len(self.pool)], np.int64))}
         )
         if modality in (None, "image"):
-            record[P.IMAGES] = Array(np.ascontiguousarray(self.pool.images[rows]))
+            images = resize_images(self.pool.images[rows], self.config.image_size)  # SD renders larger
+            record[P.IMAGES] = Array(np.ascontiguousarray(images))
         if modality in (None, "text"):
             record[P.CAPTIONS] = Array(np.array([self.pool.captions[i] for i in rows]))
         return record
@@ -161,7 +180,7 @@ class FedMMKT(FederatedStrategy):
         replies = grid.send_and_receive(messages, timeout=self.config.round_timeout)
         n, d = len(self.pool), self.config.fusion_dim
         outcome = self.receive(
-            P.QUERY_INFER, server_round, replies, lambda r: check_inference_reply(r, n, NUM_CLASSES, d)
+            P.QUERY_INFER, server_round, replies, lambda r: check_inference_reply(r, n, self.world.num_classes, d)
         )
         for node in self.nodes:
             if node in outcome.ok:
@@ -235,7 +254,7 @@ class FedMMKT(FederatedStrategy):
         if self.use_cross_attention and len(tokens) > 1:
             if self.fusion is None:
                 torch.manual_seed(self.config.seed)
-                self.fusion = CrossModalFusion(list(tokens), self.config.fusion_dim, NUM_CLASSES)
+                self.fusion = CrossModalFusion(list(tokens), self.config.fusion_dim, self.world.num_classes)
             losses = train_fusion(
                 self.fusion,
                 tokens,
@@ -263,7 +282,7 @@ class FedMMKT(FederatedStrategy):
             labels, weights = self.pool.classes, np.ones(len(rows), np.float32)
         if len(rows) == 0:
             return
-        captions = [f"{class_prompt(int(y))} , {self.pool.captions[i]}" for y, i in zip(labels, rows)]
+        captions = [f"{self.world.class_prompt(int(y))} , {self.pool.captions[i]}" for y, i in zip(labels, rows)]
         lora = {"auto": None, "on": True, "off": False}[self.config.t2i_lora]
         loss = finetune_denoiser(
             self.models.pipe,
@@ -320,15 +339,33 @@ class FedMMKT(FederatedStrategy):
             guidance=cfg.guidance_scale,
             batch_size=cfg.generation_batch_size,
             grid_path=self.recorder.run_dir / "samples" / f"round_{server_round:03d}.png",
+            prompt_set=class_prompt_set(cfg.t2i_eval_per_class, self.world.num_classes, self.world.class_prompt),
+            image_size=cfg.image_size,
+            keep_images=True,
         )
         self.recorder.server(
             server_round,
             gen_acc=metrics["gen_acc"],
             fid=metrics["fid"],
             per_class_gen_acc=metrics["per_class_acc"],
+            **self.standard_metrics(metrics["images"], metrics["prompts"]),
             time_t2i_eval_s=time.perf_counter() - start,
         )
         log(INFO, "round %d: T2I GenAcc %.3f, domain FID %.2f", server_round, metrics["gen_acc"], metrics["fid"])
+
+    def standard_metrics(self, images: np.ndarray, prompts: list[str]) -> dict[str, float]:
+        """CLIP score (``clip-model``) and Inception FID (``standard-fid``) where their weights load."""
+        out, device = {}, self.models.pipe.device
+        if self.config.clip_model:
+            score = clip_score(images, prompts, self.config.clip_model, device)
+            if score.value is not None:
+                out["clip_score"] = score.value
+        if self.config.standard_fid:
+            real = np.asarray(self.world.load_split(splits.REFERENCE).with_format("numpy")[:]["image"], np.uint8)
+            fid = standard_fid(real, resize_images(images, real.shape[1]), device)
+            if fid.value is not None:
+                out["inception_fid"] = fid.value
+        return out
 
     def configure_train(self, server_round, arrays, config, grid) -> Iterable[Message]:
         if server_round == 1:

@@ -22,10 +22,13 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from fedmmkt_strategy.config import LOCAL_TOY_MODEL, RunConfig
 from fedmmkt_strategy.generative.captioner import load_captioner
-from fedmmkt_strategy.generative.judge import JudgeCNN, load_judge
+from fedmmkt_strategy.generative.device import resolve_device, resolve_dtype
+from fedmmkt_strategy.generative.judge import JudgeCNN, judge_features, load_judge, train_judge
 from fedmmkt_strategy.generative.pretrain import PretrainSpec, ensure_pretrained
 from fedmmkt_strategy.generative.t2i import load_pipeline
+from task_models import splits
 from task_models.splits import DomainSpec
+from task_models.world import World
 
 
 @dataclass
@@ -66,8 +69,21 @@ def pretrain_spec(config: RunConfig) -> PretrainSpec:
     )
 
 
+def train_reference_judge(world: World, config: RunConfig) -> tuple[JudgeCNN, np.ndarray]:
+    """The paper world's judge: trained at start on the held-out REFERENCE split (never seen by the
+    federation), with the toy judge's blur/noise augmentation; plus its features of those images."""
+    data = world.load_split(splits.REFERENCE).with_format("numpy")[:]
+    images, labels = data["image"].astype(np.uint8), data["label"].astype(np.int64)
+    log(INFO, "training the GenAcc judge on %d held-out real images (%d classes)", len(images), world.num_classes)
+    judge = train_judge(images, labels, world.num_classes, epochs=config.pretrain_judge_epochs, seed=config.seed)
+    return judge, judge_features(judge, images)
+
+
 def load_server_models(config: RunConfig) -> ServerModels:
-    """Load (building the toy cache if needed) the server models named by the run config."""
+    """Load (building the toy cache if needed) the server models named by the run config.
+
+    They run on ``server-device`` in ``t2i-dtype`` (auto: bfloat16 on CUDA, float32 on CPU).
+    """
     cache = Path(config.cache_dir).expanduser() if config.cache_dir else None
     toy = None
     if LOCAL_TOY_MODEL in (config.t2i_model, config.captioner_model):
@@ -77,12 +93,22 @@ def load_server_models(config: RunConfig) -> ServerModels:
         log(
             INFO, "pre-trained T2I model: GenAcc %.3f, domain FID %.2f (%s)", report["gen_acc"], report["fid"], toy.root
         )
-    pipe = load_pipeline(str(toy.t2i) if config.t2i_model == LOCAL_TOY_MODEL else config.t2i_model)
-    captioner, processor = load_captioner(
-        str(toy.captioner) if config.captioner_model == LOCAL_TOY_MODEL else config.captioner_model
+    device = resolve_device(config.server_device)
+    dtype = resolve_dtype(config.t2i_dtype, device)
+    pipe = load_pipeline(
+        str(toy.t2i) if config.t2i_model == LOCAL_TOY_MODEL else config.t2i_model, dtype=dtype, device=device
     )
-    judge = load_judge(toy.judge) if toy else None
-    reference = np.load(toy.reference_features) if toy else None
+    captioner, processor = load_captioner(
+        str(toy.captioner) if config.captioner_model == LOCAL_TOY_MODEL else config.captioner_model,
+        device=device,
+        dtype=dtype,
+    )
+    if toy:
+        judge, reference = load_judge(toy.judge), np.load(toy.reference_features)
+    elif config.dataset == "hf":
+        judge, reference = train_reference_judge(config.world(), config)
+    else:
+        judge, reference = None, None
     generator = torch.Generator().manual_seed(config.seed + 4242)
     hidden = pipe.text_encoder.config.hidden_size
     projection = torch.randn(hidden, config.fusion_dim, generator=generator) / hidden**0.5
@@ -103,7 +129,7 @@ def caption_anchors(models: ServerModels, captions: list[str], batch_size: int =
             max_length=tokenizer.model_max_length,
             return_tensors="pt",
         ).input_ids
-        hidden = encoder(ids)[0]  # [B, L, h]
+        hidden = encoder(ids.to(encoder.device))[0].float().cpu()  # [B, L, h]
         mask = (ids != tokenizer.pad_token_id).unsqueeze(-1).float()
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         out.append(F.normalize(pooled.float() @ models.anchor_projection, dim=-1))

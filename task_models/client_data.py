@@ -15,6 +15,7 @@ from flwr_datasets.partitioner import DirichletPartitioner
 
 from task_models import splits
 from task_models.modality import Modality
+from task_models.world import World, WorldSpec, build_world
 
 
 @dataclass(frozen=True)
@@ -50,21 +51,29 @@ def _as_inputs(rows: dict, modality: Modality, all_captions: bool) -> LabelledIn
 
 @lru_cache(maxsize=4)
 def load_client_data(
-    spec: splits.DomainSpec,
+    spec: WorldSpec | World,
     modality: Modality,
     partition: int,
     num_partitions: int,
     alpha: float,
     test_fraction: float = 0.2,
 ) -> ClientData:
-    """Partition `modality`'s pool with Dirichlet(alpha) and return this client's share."""
-    pool = splits.load_split(splits.pool_split(modality), spec)
+    """Partition `modality`'s pool with Dirichlet(alpha) and return this client's share.
+
+    `spec` is a toy `DomainSpec`, a paper `PaperDataSpec` or an already built `World`.
+    """
+    world = spec if isinstance(spec, World) else build_world(spec)
+    pool = world.load_split(splits.pool_split(modality))
     partitioner = DirichletPartitioner(
-        num_partitions=num_partitions, partition_by="label", alpha=alpha, min_partition_size=10, seed=spec.seed
+        num_partitions=num_partitions,
+        partition_by="label",
+        alpha=alpha,
+        min_partition_size=min(10, len(pool) // (2 * num_partitions)),
+        seed=world.spec.seed,
     )
     partitioner.dataset = pool
-    part = partitioner.load_partition(partition).train_test_split(test_size=test_fraction, seed=spec.seed)
-    global_test = splits.load_split(splits.test_split(modality), spec)
+    part = partitioner.load_partition(partition).train_test_split(test_size=test_fraction, seed=world.spec.seed)
+    global_test = world.load_split(splits.test_split(modality))
     return ClientData(
         train=_as_inputs(part["train"].with_format("numpy")[:], modality, all_captions=True),
         test=_as_inputs(part["test"].with_format("numpy")[:], modality, all_captions=False),

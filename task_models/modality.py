@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from task_models.tokenizer import build_tokenizer
 
@@ -26,21 +27,26 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def texts_to_tensor(texts: Sequence[str]) -> torch.Tensor:
-    """Captions -> int64 token ids [N, TEXT_MAX_LENGTH], padded with 0."""
-    tokenizer = build_tokenizer(TEXT_MAX_LENGTH)
+def texts_to_tensor(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase | None = None) -> torch.Tensor:
+    """Captions -> int64 token ids [N, TEXT_MAX_LENGTH], padded with 0.
+
+    `tokenizer` defaults to the toy world's; the paper world passes its hub tokenizer (e.g. BERT's).
+    """
+    tokenizer = tokenizer or build_tokenizer(TEXT_MAX_LENGTH)
     encoded = tokenizer(
         list(texts), padding="max_length", truncation=True, max_length=TEXT_MAX_LENGTH, return_tensors="pt"
     )
     return encoded["input_ids"]
 
 
-def to_model_input(modality: Modality, raw: np.ndarray | Sequence[str]) -> torch.Tensor:
-    """Encode raw inputs of a modality for its task models."""
+def to_model_input(
+    modality: Modality, raw: np.ndarray | Sequence[str], tokenizer: PreTrainedTokenizerBase | None = None
+) -> torch.Tensor:
+    """Encode raw inputs of a modality for its task models (`tokenizer`: see `texts_to_tensor`)."""
     if modality == "image":
         return images_to_tensor(np.asarray(raw))
     if modality == "text":
-        return texts_to_tensor([str(t) for t in raw])
+        return texts_to_tensor([str(t) for t in raw], tokenizer)
     raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
 
 

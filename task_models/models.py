@@ -156,3 +156,107 @@ class TinyBert(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         hidden = self.net(input_ids=ids, attention_mask=(ids != PAD_ID).long()).last_hidden_state
         return _masked_mean(hidden, ids)
+
+
+def _from_pretrained_or_explain(model_class, hub_id: str):
+    """Load pretrained backbone weights by hub id; explain the `client-pretrained` switch when offline."""
+    try:
+        return model_class.from_pretrained(hub_id)
+    except (OSError, ValueError) as err:
+        raise OSError(
+            f"client-pretrained = true: cannot load {hub_id!r} (not cached, and the Hugging Face hub is unreachable "
+            f"or offline). Run once with internet access, or set client-pretrained = false for random init."
+        ) from err
+
+
+def _scaled(value: int, scale: float, minimum: int = 1, multiple: int = 1) -> int:
+    return max(minimum, int(round(value * scale / multiple)) * multiple)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (transformers `ResNetModel`, basic blocks [2, 2, 2, 2], widths 64-512), pooled.
+
+    Random init from config by default; ``pretrained`` loads ``microsoft/resnet-18``.
+    ``scale`` < 1 shrinks the widths (tiny tests and GPU smoke checks), never the depth.
+    """
+
+    HUB_ID = "microsoft/resnet-18"
+
+    def __init__(self, pretrained: bool = False, scale: float = 1.0):
+        super().__init__()
+        if pretrained:
+            self.net = _from_pretrained_or_explain(ResNetModel, self.HUB_ID)
+        else:
+            widths = [_scaled(w, scale, 8, 8) for w in (64, 128, 256, 512)]
+            config = ResNetConfig(
+                num_channels=3, embedding_size=widths[0], hidden_sizes=widths, depths=[2, 2, 2, 2], layer_type="basic"
+            )
+            self.net = ResNetModel(config)
+        self.out_dim = self.net.config.hidden_sizes[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values=x).pooler_output.flatten(1)
+
+
+class ViTSmall(nn.Module):
+    """ViT-S/16 (transformers `ViTModel`: d 384, 12 layers, 6 heads), [CLS] embedding.
+
+    ``pretrained`` loads ``WinKawaks/vit-small-patch16-224`` and interpolates its position
+    embeddings to the world's image size; ``scale`` < 1 shrinks width and depth.
+    """
+
+    HUB_ID = "WinKawaks/vit-small-patch16-224"
+
+    def __init__(self, image_size: int, pretrained: bool = False, scale: float = 1.0):
+        super().__init__()
+        if pretrained:
+            self.net = _from_pretrained_or_explain(ViTModel, self.HUB_ID)
+        else:
+            heads = _scaled(6, scale)
+            hidden = _scaled(384, scale, heads * 8, heads)
+            config = ViTConfig(
+                image_size=image_size,
+                patch_size=16 if image_size >= 64 else 4,
+                hidden_size=hidden,
+                num_hidden_layers=_scaled(12, scale),
+                num_attention_heads=heads,
+                intermediate_size=4 * hidden,
+            )
+            self.net = ViTModel(config, add_pooling_layer=False)
+        self.out_dim = self.net.config.hidden_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state[:, 0]
+
+
+class BertBase(nn.Module):
+    """A BERT-base text client (d 768, 12 layers, 12 heads), mean-pooled over real tokens.
+
+    ``pretrained`` loads ``google-bert/bert-base-uncased`` (use its tokenizer as ``text-tokenizer``);
+    ``scale`` < 1 shrinks width and depth.
+    """
+
+    HUB_ID = "google-bert/bert-base-uncased"
+
+    def __init__(self, vocab_size: int, pretrained: bool = False, scale: float = 1.0):
+        super().__init__()
+        if pretrained:
+            self.net = _from_pretrained_or_explain(BertModel, self.HUB_ID)
+        else:
+            heads = _scaled(12, scale)
+            hidden = _scaled(768, scale, heads * 8, heads)
+            config = BertConfig(
+                vocab_size=vocab_size,
+                hidden_size=hidden,
+                num_hidden_layers=_scaled(12, scale),
+                num_attention_heads=heads,
+                intermediate_size=4 * hidden,
+                max_position_embeddings=max(TEXT_MAX_LENGTH, 512),
+                pad_token_id=PAD_ID,
+            )
+            self.net = BertModel(config, add_pooling_layer=False)
+        self.out_dim = self.net.config.hidden_size
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.net(input_ids=ids, attention_mask=(ids != PAD_ID).long()).last_hidden_state
+        return _masked_mean(hidden, ids)

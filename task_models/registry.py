@@ -28,12 +28,15 @@ from task_models.models import TaskModel
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What every builder is told: the label space, the fusion width, the text vocabulary, the image size."""
+    """What every builder is told: the label space, the fusion width, the text vocabulary, the image size,
+    and for the paper-profile models whether to load pretrained weights and a width scale (1 = real size)."""
 
     num_classes: int
     fusion_dim: int = 128
     vocab_size: int = 64
     image_size: int = 32
+    pretrained: bool = False
+    width_scale: float = 1.0
 
 
 Builder = Callable[[ModelSpec], TaskModel]
@@ -113,3 +116,18 @@ def _bow(spec: ModelSpec) -> TaskModel:
 @register_task_model("transformer", modality="text")
 def _transformer(spec: ModelSpec) -> TaskModel:
     return _wrap(models.TinyBert(spec.vocab_size), spec, "text")
+
+
+@register_task_model("resnet18", modality="image")
+def _resnet18(spec: ModelSpec) -> TaskModel:
+    return _wrap(models.ResNet18(spec.pretrained, spec.width_scale), spec, "image")
+
+
+@register_task_model("vit-s", modality="image")
+def _vit_s(spec: ModelSpec) -> TaskModel:
+    return _wrap(models.ViTSmall(spec.image_size, spec.pretrained, spec.width_scale), spec, "image")
+
+
+@register_task_model("bert", modality="text")
+def _bert(spec: ModelSpec) -> TaskModel:
+    return _wrap(models.BertBase(spec.vocab_size, spec.pretrained, spec.width_scale), spec, "text")

@@ -70,8 +70,11 @@ def save_captioner(model: BlipForConditionalGeneration, processor: BlipProcessor
     processor.save_pretrained(path)
 
 
-def load_captioner(path_or_id: str, device: str = "cpu") -> tuple[BlipForConditionalGeneration, BlipProcessor]:
-    """Load `B` from a folder or a hub id (e.g. ``"Salesforce/blip-image-captioning-base"``).
+def load_captioner(
+    path_or_id: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[BlipForConditionalGeneration, BlipProcessor]:
+    """Load `B` from a folder or a hub id (e.g. ``"Salesforce/blip-image-captioning-base"``),
+    on `device` in `dtype` (the checkpoint's own when None).
 
     Raises
     ------
@@ -79,7 +82,9 @@ def load_captioner(path_or_id: str, device: str = "cpu") -> tuple[BlipForConditi
         When the id is neither a folder nor cached and the hub is unreachable.
     """
     processor = from_pretrained_or_explain(AutoProcessor.from_pretrained, path_or_id, "captioner")
-    model = from_pretrained_or_explain(BlipForConditionalGeneration.from_pretrained, path_or_id, "captioner")
+    model = from_pretrained_or_explain(
+        lambda source: BlipForConditionalGeneration.from_pretrained(source, dtype=dtype), path_or_id, "captioner"
+    )
     return model.to(device).eval(), processor
 
 

@@ -7,7 +7,7 @@ a fixed, seeded set of canonical class prompts, so numbers from different rounds
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +55,23 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
 
 
-def class_prompt_set(per_class: int) -> tuple[list[str], np.ndarray]:
-    """The fixed evaluation prompts: each class's canonical prompt `per_class` times."""
-    labels = domain.balanced_labels(per_class)
-    return [domain.class_prompt(int(c)) for c in labels], labels
+def class_prompt_set(
+    per_class: int, num_classes: int = domain.NUM_CLASSES, class_prompt: Callable[[int], str] = domain.class_prompt
+) -> tuple[list[str], np.ndarray]:
+    """The fixed evaluation prompts: each class's canonical prompt `per_class` times (toy world by default)."""
+    labels = domain.balanced_labels(per_class, num_classes)
+    return [class_prompt(int(c)) for c in labels], labels
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [N, H, W, 3] resized (bicubic) to [N, size, size, 3]; unchanged when already that size.
+
+    Real Stable Diffusion renders at 512 px while clients and the judge read the world's
+    ``image-size``, so generated images are brought to it before they are judged or sent.
+    """
+    if images.shape[1:3] == (size, size):
+        return images
+    return np.stack([np.asarray(Image.fromarray(x).resize((size, size), Image.Resampling.BICUBIC)) for x in images])
 
 
 def evaluate_t2i(
@@ -73,13 +86,18 @@ def evaluate_t2i(
     batch_size: int = 64,
     grid_path: str | Path | None = None,
     progress: bool = False,
+    prompt_set: tuple[list[str], np.ndarray] | None = None,
+    image_size: int | None = None,
+    keep_images: bool = False,
 ) -> dict[str, float | list[float]]:
     """GenAcc, domain FID and per-class accuracy of `pipe` on the canonical class prompts.
 
-    Returns ``{"gen_acc", "fid", "per_class_acc", "num_images"}``; with `grid_path`, also
-    writes a sample grid (one row per class) there.
+    `prompt_set` (prompts, labels) defaults to the toy world's; with `image_size`, generations
+    are resized to the judge's input size first. Returns ``{"gen_acc", "fid", "per_class_acc",
+    "num_images"}``, plus ``"images"`` (as generated) and ``"prompts"`` with `keep_images` (for
+    CLIP score and standard FID); with `grid_path`, also writes a sample grid (one row per class).
     """
-    prompts, labels = class_prompt_set(per_class)
+    prompts, labels = prompt_set or class_prompt_set(per_class)
     images = generate_images(
         pipe,
         prompts,
@@ -89,15 +107,17 @@ def evaluate_t2i(
         batch_size=batch_size,
         progress=progress,
     )
-    predictions = judge_predict(judge, images)
+    judged = resize_images(images, image_size) if image_size else images
+    predictions = judge_predict(judge, judged)
     if grid_path is not None:
-        save_sample_grid(images, labels, grid_path)
-    return {
+        save_sample_grid(judged, labels, grid_path)
+    metrics = {
         "gen_acc": float(np.mean(predictions == labels)),
-        "fid": domain_fid(reference_features, judge_features(judge, images)),
+        "fid": domain_fid(reference_features, judge_features(judge, judged)),
         "per_class_acc": per_class_accuracy(predictions, labels, judge.num_classes),
         "num_images": len(images),
     }
+    return {**metrics, "images": images, "prompts": prompts} if keep_images else metrics
 
 
 def save_sample_grid(

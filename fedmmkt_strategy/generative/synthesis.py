@@ -17,6 +17,7 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 from fedmmkt_strategy.generative.captioner import caption_images
 from fedmmkt_strategy.generative.t2i import generate_images
 from task_models import domain
+from task_models.world import World
 
 #: Prompt templates naming all three class attributes; every word is in `domain.vocabulary()`.
 PROMPT_TEMPLATES: tuple[str, ...] = (
@@ -30,6 +31,8 @@ PROMPT_TEMPLATES: tuple[str, ...] = (
 
 #: Generates (images, captions) for prompts from a seed; see `generate_and_caption`.
 GeneratorFn = Callable[[list[str], int], tuple[np.ndarray, list[str]]]
+#: One prompt per class label from a seed; `prompts_for_classes` (toy) or `world_prompts(world)`.
+PromptFn = Callable[[np.ndarray, int], list[str]]
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,19 @@ def prompts_for_classes(classes: np.ndarray, seed: int) -> list[str]:
     return prompts
 
 
+def world_prompts(world: World) -> PromptFn:
+    """The prompt function of a world: the toy world's varied attribute wording, or the paper
+    world's class prompt (``hf-prompt-template`` filled with the class name)."""
+    if world.is_toy:
+        return prompts_for_classes
+    return lambda classes, seed: [world.class_prompt(int(c)) for c in np.asarray(classes)]
+
+
 def class_balanced_prompts(
-    num_samples: int, seed: int, num_classes: int = domain.NUM_CLASSES
+    num_samples: int,
+    seed: int,
+    num_classes: int = domain.NUM_CLASSES,
+    prompt_fn: PromptFn = prompts_for_classes,
 ) -> tuple[list[str], np.ndarray]:
     """`num_samples` prompts whose class counts differ by at most one, in seeded order.
 
@@ -92,7 +106,7 @@ def class_balanced_prompts(
         [np.repeat(np.arange(num_classes), full), rng.choice(num_classes, extra, replace=False)]
     ).astype(np.int64)
     classes = rng.permutation(classes)
-    return prompts_for_classes(classes, seed + 1), classes
+    return prompt_fn(classes, seed + 1), classes
 
 
 def generate_and_caption(
@@ -136,9 +150,11 @@ def synthesize(
     batch_size: int = 64,
     generation_round: int = 1,
     progress: bool = False,
+    num_classes: int = domain.NUM_CLASSES,
+    prompt_fn: PromptFn = prompts_for_classes,
 ) -> SyntheticPool:
     """A fresh class-balanced synthetic set of `num_samples` (round 1 of the algorithm)."""
-    prompts, classes = class_balanced_prompts(num_samples, seed)
+    prompts, classes = class_balanced_prompts(num_samples, seed, num_classes, prompt_fn)
     images, captions = generate_and_caption(
         pipe,
         captioner_model,
@@ -160,6 +176,7 @@ def refresh(
     generator_fn: GeneratorFn,
     generation_round: int,
     seed: int,
+    prompt_fn: PromptFn = prompts_for_classes,
 ) -> SyntheticPool:
     """A copy of `pool` with a seeded `fraction` of its samples regenerated.
 
@@ -173,7 +190,7 @@ def refresh(
     chosen = np.sort(rng.choice(len(pool), count, replace=False))
     if count == 0:
         return pool
-    prompts = prompts_for_classes(pool.classes[chosen], seed + 1)
+    prompts = prompt_fn(pool.classes[chosen], seed + 1)
     new_images, new_captions = generator_fn(prompts, seed + 2)
     images, captions, all_prompts = pool.images.copy(), list(pool.captions), list(pool.prompts)
     rounds = pool.generation_round.copy()

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
 
 from fedmmkt_strategy.generative.loading import from_pretrained_or_explain
+from fedmmkt_strategy.generative.memory import cuda_batch_size
 
 #: SD-1.x noise schedule; ``steps_offset``/``clip_sample`` silence diffusers deprecation warnings.
 SCHEDULE = dict(
@@ -159,9 +160,23 @@ def generate_images(
     All initial latents are drawn at once from a generator seeded with `seed`, so the output
     for a prompt depends on the seed and its position only, not on `batch_size`. With DDIM
     (eta 0) the sampler is deterministic from there. ``guidance_scale <= 1`` disables CFG.
+    On CUDA, `batch_size` is lowered to what fits in free memory (`memory.cuda_batch_size`).
     """
     height = height or default_size(pipe)
     width = width or default_size(pipe)
+    if len(prompts):
+        batch_size = cuda_batch_size(
+            min(batch_size, len(prompts)),
+            pipe.device,
+            lambda: pipe(
+                [prompts[0]],
+                height=height,
+                width=width,
+                num_inference_steps=1,
+                guidance_scale=guidance_scale,
+                output_type="np",
+            ),
+        )
     shape = (
         len(prompts),
         pipe.unet.config.in_channels,
@@ -423,6 +438,7 @@ def _train_denoiser(
     ema = EMAModel(trainable, decay=ema_decay) if ema_decay is not None else None
     unet.train()
     text_encoder.train(train_text_encoder)
+    batch_size = _fit_training_batch(pipe, noise_scheduler, latent_mean, input_ids, trainable, batch_size, generator)
     losses = []
     for _ in tqdm(range(steps), desc="denoiser", disable=not progress):
         pick = torch.randint(len(captions), (batch_size,), generator=generator)
@@ -455,6 +471,30 @@ def _train_denoiser(
             p.requires_grad_(flags.get(name, False))
     _ready_for_inference(pipe)
     return losses
+
+
+def _fit_training_batch(
+    pipe: StableDiffusionPipeline,
+    noise_scheduler: DDPMScheduler,
+    latent_mean: torch.Tensor,
+    input_ids: torch.Tensor,
+    trainable: list[torch.nn.Parameter],
+    batch_size: int,
+    generator: torch.Generator,
+) -> int:
+    """On CUDA, the training batch that fits: a forward/backward probe on one pair, gradients then dropped."""
+    unet, device = pipe.unet, pipe.unet.device
+
+    def probe() -> None:
+        latents = latent_mean[:1].to(device, unet.dtype) * pipe.vae.config.scaling_factor
+        weights = torch.ones(1, device=device)
+        _denoising_loss(
+            unet, pipe.text_encoder, noise_scheduler, latents, input_ids[:1].to(device), weights, generator
+        ).backward()
+        for p in trainable:
+            p.grad = None
+
+    return cuda_batch_size(batch_size, device, probe)
 
 
 def _denoising_loss(
