@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -203,6 +204,7 @@ def stop_process(pid: int, grace: float = 10.0) -> bool:
     """SIGTERM the process group led by `pid` (the process and its app subprocesses), SIGKILL
     after `grace` seconds. Returns False when there was nothing of ours to stop."""
     if not is_running(pid) or not _is_flower_process(pid):
+        _reap(pid)
         return False
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -216,7 +218,16 @@ def stop_process(pid: int, grace: float = 10.0) -> bool:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    _reap(pid)
     return True
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when `pid` is our child (started in this process), so no zombie stays."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def load_state(folder: Path) -> dict[str, Any]:
@@ -296,14 +307,24 @@ def start_deployment(settings: DeploySettings) -> dict[str, Any]:
     return state
 
 
+def node_id_from_log(log: Path) -> int | None:
+    """The id a SuperNode logged at start-up (without authentication, it is only known there)."""
+    found = re.search(r"SuperNode ID: (\d+)", log.read_text(errors="replace")) if log.exists() else None
+    return int(found.group(1)) if found else None
+
+
 def wait_for_nodes(state: dict[str, Any], count: int, timeout: float) -> list[int]:
-    """Wait until `count` SuperNodes are online; fail naming the logs of nodes that exited."""
+    """Wait until `count` SuperNodes are online and record their ids; fail naming the logs of
+    nodes that exited."""
     env = flower_env(Path(state["flwr-home"]))
     deadline = time.monotonic() + timeout
     online: list[int] = []
     while time.monotonic() < deadline:
         online = online_nodes(env)
         if len(online) >= count:
+            for node in state["supernodes"]:
+                node.setdefault("node-id", node_id_from_log(Path(node["log"])))
+            _save_state(Path(state["folder"]), state)
             return online
         dead = [n["log"] for n in state["supernodes"] if not is_running(n["pid"])]
         if dead:

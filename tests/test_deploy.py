@@ -5,6 +5,8 @@ with an unregistered key is refused. Every process started is stopped by its pid
 from __future__ import annotations
 
 import json
+import os
+import signal
 import ssl
 import subprocess
 import time
@@ -90,44 +92,86 @@ def _submit(env: dict[str, str], run_config: str) -> int:
     return int(json.loads(out.stdout)["run-id"])
 
 
-def test_secure_deployment_runs_fedmmkt_and_refuses_an_unregistered_node(tmp_path: Path, micro_cache: str):
-    settings = DeploySettings(
-        folder=tmp_path / "deployment", num_nodes=3, layout=LAYOUT, port=free_port(), node_port_base=free_port()
-    )
-    try:
-        state = start_deployment(settings)
-        env = flower_env(Path(state["flwr-home"]))
-        registered = {n["node-id"] for n in state["supernodes"]}
-        assert len(registered) == 3 and set(online_nodes(env)) == registered
+@pytest.fixture()
+def deploy(tmp_path: Path):
+    """Starts deployments under tmp_path; stops every recorded process by pid at teardown."""
+    folders: list[Path] = []
 
-        key = tmp_path / "intruder"
-        make_node_key(key)
-        intruder = start_supernode(state, "intruder", {"partition-id": 0, "num-partitions": 3}, key, register=False)
-        assert _wait_for_exit(intruder["pid"], 60), "a SuperNode with an unregistered key kept running"
-        log = Path(intruder["log"]).read_text()
-        assert "Failed to activate SuperNode" in log and "Exit Code: 305" in log
-        assert set(online_nodes(env)) == registered
+    def start(name: str, **settings) -> dict:
+        folder = tmp_path / name
+        folders.append(folder)
+        return start_deployment(DeploySettings(folder=folder, port=free_port(), node_port_base=free_port(), **settings))
 
-        results = tmp_path / "results"
-        tiny = " ".join(f"{k}={v}" for k, v in MICRO_SERVER.items())
-        run_id = _submit(
-            env,
-            f"num-server-rounds=1 pool-size=480 test-per-class=3 local-epochs=1 node-settle=1.0 min-nodes=3 "
-            f'{tiny} client-layout="image:cnn" cache-dir="{micro_cache}" results-dir="{results}" run-name="deploy"',
-        )
-        status, details = wait_for_run(CONNECTION, run_id, env, timeout=300)
-        assert status == "finished:completed", details
-        metrics = json.loads((results / "deploy" / "metrics.json").read_text())
-        clients = {c["node_id"]: c for c in metrics["rounds"][-1]["clients"]}
-        assert set(clients) == registered and metrics["failures"] == []
-        # Roles come from each node's --node-config, not from the run's (all-cnn) client-layout.
-        by_id = {n["node-id"]: n["node-config"] for n in state["supernodes"] if "node-id" in n}
-        for node_id, client in clients.items():
-            assert (client["modality"], client["architecture"]) == (
-                by_id[node_id]["modality"],
-                by_id[node_id]["architecture"],
-            )
-    finally:
-        if (settings.folder / "deployment.json").exists():
-            stop_deployment(settings.folder)
-            assert not [pid for pid in recorded_pids(load_state(settings.folder)) if is_running(pid)]
+    yield start
+    for folder in folders:
+        if (folder / "deployment.json").exists():
+            stop_deployment(folder)
+            assert not [pid for pid in recorded_pids(load_state(folder)) if is_running(pid)]
+
+
+def _run_config(results: Path, cache: str, **extra) -> str:
+    keys = {
+        "num-server-rounds": 1,
+        "pool-size": 480,
+        "test-per-class": 3,
+        "local-epochs": 1,
+        "node-settle": 1.0,
+        **MICRO_SERVER,
+        **extra,
+    }
+    quoted = {"cache-dir": cache, "results-dir": str(results), "run-name": "deploy"}
+    return " ".join([f"{k}={v}" for k, v in keys.items()] + [f'{k}="{v}"' for k, v in quoted.items()])
+
+
+def test_secure_deployment_runs_fedmmkt_and_refuses_an_unregistered_node(deploy, tmp_path: Path, micro_cache: str):
+    state = deploy("secure", num_nodes=3, layout=LAYOUT, secure=True)
+    env = flower_env(Path(state["flwr-home"]))
+    registered = {n["node-id"] for n in state["supernodes"]}
+    assert len(registered) == 3 and set(online_nodes(env)) == registered
+
+    key = tmp_path / "intruder"
+    make_node_key(key)
+    intruder = start_supernode(state, "intruder", {"partition-id": 0, "num-partitions": 3}, key, register=False)
+    assert _wait_for_exit(intruder["pid"], 60), "a SuperNode with an unregistered key kept running"
+    log = Path(intruder["log"]).read_text()
+    assert "Failed to activate SuperNode" in log and "Exit Code: 305" in log
+    assert set(online_nodes(env)) == registered
+
+    results = tmp_path / "results"
+    run_id = _submit(env, _run_config(results, micro_cache, **{"min-nodes": 3, "client-layout": '"image:cnn"'}))
+    status, details = wait_for_run(CONNECTION, run_id, env, timeout=300)
+    assert status == "finished:completed", details
+    metrics = json.loads((results / "deploy" / "metrics.json").read_text())
+    clients = {c["node_id"]: c for c in metrics["rounds"][-1]["clients"]}
+    assert set(clients) == registered and metrics["failures"] == []
+    # Roles come from each node's --node-config, not from the run's (all-cnn) client-layout.
+    by_id = {n["node-id"]: n["node-config"] for n in state["supernodes"] if "node-id" in n}
+    for node_id, client in clients.items():
+        expected = by_id[node_id]
+        assert (client["modality"], client["architecture"]) == (expected["modality"], expected["architecture"])
+
+
+def _wait_for_line(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{text!r} not in {path} after {timeout} s")
+
+
+def test_a_supernode_killed_mid_round_fails_the_run_below_quorum(deploy, tmp_path: Path, micro_cache: str):
+    state = deploy("insecure", num_nodes=2, layout="image:cnn,text:bow", secure=False)
+    env = flower_env(Path(state["flwr-home"]))
+    # The first message of a node is slow (app install, data, warm-up), so it dies in the train phase.
+    rc = _run_config(tmp_path / "results", micro_cache, **{"min-reply-fraction": 1.0, "train-timeout": 30.0})
+    run_id = _submit(env, rc)
+    victim = state["supernodes"][1]
+    _wait_for_line(Path(victim["log"]), "Receiving: train.distill", timeout=240)
+    os.killpg(victim["pid"], signal.SIGKILL)  # the device dies with the message in flight: no reply ever
+    started = time.monotonic()
+    status, details = wait_for_run(CONNECTION, run_id, env, timeout=120)
+    assert status == "finished:failed"
+    assert "train.distill: only 1 of 2 nodes replied, 2 needed" in details, details
+    assert f"node {victim['node-id']}: no reply before the timeout" in details
+    assert time.monotonic() - started < 100  # the train-timeout, plus polling: it did not hang
