@@ -218,6 +218,9 @@ def stop_process(pid: int, grace: float = 10.0) -> bool:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and is_running(pid):
+            time.sleep(0.1)
     _reap(pid)
     return True
 
