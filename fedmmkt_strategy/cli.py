@@ -65,9 +65,25 @@ def deploy_main(argv: list[str]) -> int:
     start.add_argument("--node-port-base", type=int, default=19100, help="first SuperNode runtime API port")
     stop = sub.add_parser("stop", help="stop every process of the deployment in --dir, by pid")
     stop.add_argument("--dir", type=Path, default=Path("deployment"))
+    certs = sub.add_parser("certs", help="a CA and a SuperLink TLS certificate, for a SuperLink on a real host")
+    certs.add_argument("--dir", type=Path, default=Path("certs"))
+    certs.add_argument("--name", action="append", required=True, help="an IP or DNS name of the SuperLink (repeat)")
+    key = sub.add_parser("key", help="a SuperNode key pair (OpenSSH EC); register the .pub with the SuperLink")
+    key.add_argument("--out", type=Path, required=True, help="private key path; the public key gets .pub")
     args = parser.parse_args(argv)
     if args.action == "stop":
         print(f"stopped {len(stop_deployment(args.dir))} processes")
+        return 0
+    if args.action == "certs":
+        from fedmmkt_strategy.pki import make_server_credentials
+
+        creds = make_server_credentials(args.dir, tuple(args.name))
+        print(f"CA {creds.ca_cert} (for SuperNodes and flwr users); SuperLink: {creds.server_cert}, {creds.server_key}")
+        return 0
+    if args.action == "key":
+        from fedmmkt_strategy.pki import make_node_key
+
+        print(f"private key {args.out} (stays on the device); register {make_node_key(args.out, args.out.name)}")
         return 0
     settings = DeploySettings(
         folder=args.dir,
