@@ -52,7 +52,13 @@ def compare_main(argv: list[str]) -> int:
 
 
 def deploy_main(argv: list[str]) -> int:
-    from fedmmkt_strategy.deploy import DeploySettings, start_deployment, stop_deployment, submit_instructions
+    from fedmmkt_strategy.deploy import (
+        DeployError,
+        DeploySettings,
+        start_deployment,
+        stop_deployment,
+        submit_instructions,
+    )
 
     parser = argparse.ArgumentParser(prog="fedmmkt deploy", description="Real Flower processes on loopback.")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -85,15 +91,22 @@ def deploy_main(argv: list[str]) -> int:
 
         print(f"private key {args.out} (stays on the device); register {make_node_key(args.out, args.out.name)}")
         return 0
-    settings = DeploySettings(
-        folder=args.dir,
-        num_nodes=args.nodes,
-        layout=args.layout or _project_defaults().get("client-layout", ""),
-        secure=not args.insecure,
-        port=args.port,
-        node_port_base=args.node_port_base,
-    )
-    print(submit_instructions(start_deployment(settings)))
+    layout = args.layout or _project_defaults().get("client-layout")
+    if not layout:
+        parser.error("--layout is required outside the project folder (no pyproject.toml client-layout here)")
+    try:
+        settings = DeploySettings(
+            folder=args.dir,
+            num_nodes=args.nodes,
+            layout=layout,
+            secure=not args.insecure,
+            port=args.port,
+            node_port_base=args.node_port_base,
+        )
+        print(submit_instructions(start_deployment(settings)))
+    except (ValueError, DeployError) as err:  # pydantic's ValidationError is a ValueError naming the option
+        print(f"fedmmkt deploy: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -90,7 +90,7 @@ def test_fedmmkt_completes_with_30_percent_of_nodes_failing_and_names_them(
         104: Fault("hang", P.TRAIN_DISTILL),  # one that never answers
         107: Fault("vanish", P.TRAIN_DISTILL),  # a node that disappears mid-round
     }
-    grid, rc = faulty_grid(10, faults, **{"num-server-rounds": 2, "train-timeout": 10.0})
+    grid, rc = faulty_grid(10, faults, **{"num-server-rounds": 2, "train-timeout": 6.0})
     start = time.monotonic()
     run_dir = run_federation(grid, rc, models)
     elapsed = time.monotonic() - start
