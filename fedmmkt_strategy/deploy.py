@@ -276,6 +276,8 @@ def start_deployment(settings: DeploySettings) -> dict[str, Any]:
     if (folder / STATE_FILE).exists() and any(is_running(p) for p in recorded_pids(load_state(folder))):
         raise DeployError(f"a deployment is already running from {folder}; run `fedmmkt deploy stop --dir {folder}`")
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("state.db*"):  # a stopped deployment's runs and node registrations
+        stale.unlink()
     address = f"127.0.0.1:{settings.port}"
     creds = make_server_credentials(folder / "certs", settings.names) if settings.secure else None
     state: dict[str, Any] = {
