@@ -16,9 +16,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
 from task_models.client_data import ClientData, load_client_data
-from task_models.layout import NodeRole, assign_node
+from task_models.layout import NodeRole
 from task_models.modality import to_model_input
 from task_models.models import TaskModel
+from task_models.node_config import resolve_role
 from task_models.registry import ModelSpec, build_task_model
 from task_models.training import TrainSettings, train_model
 from task_models.world import World
@@ -41,7 +42,7 @@ class ClientNode:
     def from_context(cls, context: Context) -> ClientNode:
         config = RunConfig.from_run_config(context.run_config)
         partition_id = int(context.node_config["partition-id"])
-        role = assign_node(partition_id, int(context.node_config["num-partitions"]), config.layout)
+        role = resolve_role(context.node_config, config.layout)  # node-config keys override the layout
         world = config.world()
         data = load_client_data(
             world,

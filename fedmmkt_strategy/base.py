@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from logging import INFO
+from logging import INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
@@ -19,7 +19,7 @@ from flwr.serverapp.strategy import Strategy
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.accounting import payload_bytes
 from fedmmkt_strategy.config import RunConfig
-from fedmmkt_strategy.replies import PhaseOutcome, collect_replies, require_quorum
+from fedmmkt_strategy.replies import PhaseOutcome, collect_replies, failed_nodes, require_quorum
 from fedmmkt_strategy.results import RunRecorder
 from fedmmkt_strategy.sampling import NodeSampler
 
@@ -179,6 +179,18 @@ class FederatedStrategy(Strategy):
             server_round,
             ", ".join(f"{k}={v:.3f}" for k, v in summary.items() if "acc" in k),
         )
+        failed = failed_nodes(self.recorder.failures, server_round)
+        if failed:
+            details = "; ".join(f"node {n} ({', '.join(r)})" for n, r in failed.items())
+            log(
+                WARNING,
+                "round %d: %d of %d sampled nodes failed: %s",
+                server_round,
+                len(failed),
+                len(self.nodes),
+                details,
+            )
+        summary["failed_nodes"] = len(failed)
         return MetricRecord({k: float(v) for k, v in summary.items()})
 
     def summary(self) -> None:

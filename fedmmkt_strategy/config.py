@@ -114,6 +114,9 @@ class RunConfig(BaseModel):
     sample_deadline: float = Field(120.0, gt=0)
     node_settle: float = Field(2.0, ge=0)
     round_timeout: float = Field(900.0, gt=0)
+    query_timeout: float = Field(0.0, ge=0)  # per-phase waits (timeouts.py); 0: round-timeout
+    train_timeout: float = Field(0.0, ge=0)
+    evaluate_timeout: float = Field(0.0, ge=0)
     min_reply_fraction: float = Field(0.5, gt=0, le=1)
     # -- outputs
     results_dir: str = "~/fedmmkt-results"

@@ -7,7 +7,7 @@ nothing before the timeout is a failure too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
 
@@ -66,3 +66,12 @@ def require_quorum(phase: str, outcome: PhaseOutcome, min_fraction: float, min_n
             f"{phase}: only {len(outcome.ok)} of {total} nodes replied, {needed} needed "
             f"(run-config keys min-reply-fraction, min-nodes). Failures: {reasons}"
         )
+
+
+def failed_nodes(failures: Iterable[Mapping], server_round: int) -> dict[int, list[str]]:
+    """Node id -> "phase: reason" of every failure in one round, for the round's log line."""
+    nodes: dict[int, list[str]] = {}
+    for f in failures:
+        if f["round"] == server_round:
+            nodes.setdefault(f["node_id"], []).append(f"{f['phase']}: {f['reason']}")
+    return dict(sorted(nodes.items()))

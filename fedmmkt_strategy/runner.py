@@ -19,6 +19,7 @@ from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.factory import build_strategy
 from fedmmkt_strategy.results import RunRecorder, make_run_dir
 from fedmmkt_strategy.server_models import ServerModels
+from fedmmkt_strategy.timeouts import PhaseTimeoutGrid, phase_timeouts
 
 
 def run_federation(grid: Grid, run_config: Mapping[str, Any], models: ServerModels | None = None) -> Path:
@@ -30,7 +31,10 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any], models: ServerMode
     strategy = build_strategy(config, recorder, models)
     try:
         strategy.start(
-            grid=grid, initial_arrays=ArrayRecord(), num_rounds=config.num_server_rounds, timeout=config.round_timeout
+            grid=PhaseTimeoutGrid(grid, phase_timeouts(config)),
+            initial_arrays=ArrayRecord(),
+            num_rounds=config.num_server_rounds,
+            timeout=config.round_timeout,
         )
     finally:
         recorder.write()
