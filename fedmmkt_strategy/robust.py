@@ -5,10 +5,11 @@ gets the largest weight there is, whatever class it names: a Byzantine client th
 confidently outvotes every honest, calibrated client. Confidence is exactly what such a
 client fakes, so the defence scores clients by something confidence cannot buy:
 
-1. *Leave-one-out agreement.* For client k, the reference label of sample i is the plurality of
-   the other clients' top-1 classes (one client, one vote, scaled by their current
-   reliability, never by their confidence). Client k's agreement is the share of samples whose
-   top-1 class is among the reference's winners. A client cannot vouch for itself.
+1. *Leave-one-out agreement.* On sample i, the other clients each cast one vote for their top-1
+   class (scaled by their current reliability, never by their confidence); client k's
+   agreement is the support its own top-1 class gets, relative to the best-supported class,
+   averaged over samples (1: it always names the others' favourite; 0: a class none of them
+   names). A client cannot vouch for itself.
 2. *History.* An exponential moving average of each client's agreement across rounds
    (`labvote-reliability-decay`), so one bad round does not banish an honest client and a
    liar cannot wash its record in a single round.
@@ -26,17 +27,18 @@ import numpy as np
 
 
 def leave_one_out_agreement(probs: np.ndarray, reliability: np.ndarray | None = None) -> np.ndarray:
-    """a [K]: share of samples where client k's top-1 class wins the others' plurality vote.
+    """a [K]: mean over samples of ``support_{-k}(top_k) / max_c support_{-k}(c)``.
 
     Parameters
     ----------
     probs : np.ndarray
         Client probabilities [K, N, C].
     reliability : np.ndarray, optional
-        Current weight of each client's vote in the others' references [K]; 1 when omitted.
+        Current weight of each client's vote in the others' support [K]; 1 when omitted.
 
-    Ties count as agreement (the client names one of the winning classes). With a single client,
-    or when every other client has zero reliability, the agreement is NaN (nothing to compare with).
+    ``support_{-k}(c)`` is the reliability-weighted count of the other clients whose top-1
+    class is c. Samples where the others give no support at all are skipped; a client with no
+    such sample (a single client, or all others at reliability 0) gets NaN: nothing to compare with.
     """
     k, n, c = probs.shape
     weights = np.ones(k) if reliability is None else np.asarray(reliability, dtype=float)
@@ -47,10 +49,10 @@ def leave_one_out_agreement(probs: np.ndarray, reliability: np.ndarray | None = 
     agreement = np.full(k, np.nan)
     for client in range(k):
         others = total - votes[client]
-        if k == 1 or not (others > 0).any():
-            continue
-        winners = others == others.max(-1, keepdims=True)
-        agreement[client] = winners[np.arange(n), top[client]].mean()
+        best = others.max(-1)
+        valid = best > 0
+        if valid.any():
+            agreement[client] = (others[np.arange(n), top[client]][valid] / best[valid]).mean()
     return agreement
 
 
