@@ -48,8 +48,10 @@ def labvote(
     beta : float
         Threshold on the normalised entropy: a vote counts when ``h <= beta`` (default 0.5).
     client_weights : np.ndarray, optional
-        Per-client factors [K] in [0, 1] multiplied into the weights ``1 - h`` (the Byzantine
-        defence's reliabilities, `robust.py`); a vote whose weight becomes 0 does not count.
+        Per-client factors r [K] in [0, 1] (the Byzantine defence's reliabilities, `robust.py`)
+        that discount confidence: the weight becomes ``r * (1 - h)`` and the vote counts when
+        that is at least ``1 - beta`` (the same threshold, so r = 1 changes nothing); a sample
+        only unreliable clients vote on is discarded rather than labelled by them.
     """
     k, n, c = probs.shape
     if entropy.shape != (k, n):
@@ -59,7 +61,7 @@ def labvote(
     weights = np.where(counted, 1.0 - h, 0.0)  # [K, N]
     if client_weights is not None:
         weights = weights * np.asarray(client_weights, dtype=float)[:, None]
-        counted = counted & (weights > 0)
+        counted = counted & (weights >= 1.0 - beta) & (weights > 0)
     total = weights.sum(0)  # [N]
     kept = counted.any(0) & (total > 0)
     weighted = np.einsum("kn,knc->nc", weights, probs)

@@ -6,7 +6,7 @@ Three runs on the same seed: no attack, attack without defence, attack with
 `labvote-robust = "reliability"`. Uses the pre-trained toy server models from the cache
 (built by `fedmmkt pretrain`; this script refuses to start a 17-minute pre-training).
 
-    OMP_NUM_THREADS=1 python scripts/byzantine_experiment.py --out byzantine-results
+    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/byzantine_experiment.py --out byzantine-results
 
 Writes ``<out>/byzantine.json`` and prints a Markdown table (docs/robustness.md holds one).
 """
