@@ -88,7 +88,7 @@ def test_reliability_defence_takes_the_vote_back_from_20_percent_liars(collude):
     # colluding liars vouch for each other, so they keep more weight (about 0.4) than lone ones
     assert weights[8:].max() < (0.5 if collude else 0.1) < 0.75 < weights[:8].min()
     accuracy = lambda r: (r.labels[r.kept] == truth[r.kept]).mean()  # noqa: E731
-    assert accuracy(defended) > 0.9 and accuracy(defended) > accuracy(undefended) + 0.02
+    assert accuracy(defended) > 0.9 and accuracy(defended) > accuracy(undefended) + 0.01
     assert defended.kept.mean() > 0.9
     if collude:  # the attack that works without the defence
         assert accuracy(undefended) < 0.8
