@@ -10,6 +10,7 @@ from client_app.app import app as client_app
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.faults import ByzantineClientApp
 from fedmmkt_strategy.inprocess import InProcessGrid
+from fedmmkt_strategy.robust import reliability_weights
 from fedmmkt_strategy.runner import run_federation
 
 NODES = 5  # TINY_FEDERATION's four roles, repeated: node 104 is a second image:cnn
@@ -46,11 +47,19 @@ def run_attacked(tmp_path, micro_run_config, robust: str):
     return metrics, float(taken)
 
 
-@pytest.mark.parametrize("robust", ["none", "reliability"])
-def test_byzantine_share_of_the_vote(tmp_path, micro_run_config, robust, record_property):
-    metrics, taken = run_attacked(tmp_path, micro_run_config, robust)
-    clients = {c["node_id"]: c for c in metrics["rounds"][-1]["clients"]}
-    record_property("byzantine_label_share", taken)
-    print(robust, "share of voted labels = the liar's:", taken)
-    print({n: (c.get("reliability"), c.get("vote_agreement"), c.get("acc_global")) for n, c in clients.items()})
-    print(metrics["rounds"][-1]["server"].get("vote_prompt_agreement"))
+def test_an_undefended_vote_is_taken_by_one_confident_liar(tmp_path, micro_run_config):
+    metrics, taken = run_attacked(tmp_path, micro_run_config, "none")
+    assert not metrics["failures"]  # the lies pass every reply check: only the vote can catch them
+    assert taken > 0.9
+
+
+def test_the_defence_scores_every_client_and_weighs_the_vote_with_it(tmp_path, micro_run_config):
+    # The micro server models render noise, so honest clients agree with each other no more than
+    # the liar does and nobody can be told apart here (tests/test_robust.py and
+    # docs/robustness.md show the defence where there is signal). This checks the wiring: every
+    # client's agreement enters the history and its weight is the function of it the vote used.
+    metrics, taken = run_attacked(tmp_path, micro_run_config, "reliability")
+    clients = sorted(metrics["rounds"][-1]["clients"], key=lambda c: c["node_id"])
+    agreement = np.array([c["vote_agreement"] for c in clients])
+    assert np.array([c["reliability"] for c in clients]) == pytest.approx(reliability_weights(agreement))
+    assert len(clients) == NODES and metrics["config"]["labvote-robust"] == "reliability"
