@@ -47,7 +47,12 @@ VARIANTS = {
 
 def run_variant(name: str, liars: list[int], robust: str, out: Path) -> dict[str, float]:
     """One run; the honest clients' final accuracy, GenAcc and how much of the vote the liar took."""
-    rc = {**BASE, "labvote-robust": robust, "results-dir": str(out / "runs"), "run-name": name.replace(" ", "")}
+    rc = {
+        **BASE,
+        "labvote-robust": robust,
+        "results-dir": str(out / "runs"),
+        "run-name": name.replace(",", "").replace(" ", "-"),
+    }
     config = RunConfig.from_run_config(rc)
     app = ByzantineClientApp(load_client_app(), liars, seed=config.seed)
     grid = InProcessGrid(app, rc, NODES)
