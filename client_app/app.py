@@ -7,6 +7,7 @@ Record keys are documented in docs/protocol.md and defined in `fedmmkt_strategy.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -14,6 +15,7 @@ from flwr.clientapp import ClientApp
 from client_app.node import ClientNode
 from client_app.synthetic_cache import cached_synthetic, update_synthetic_cache
 from fedmmkt_strategy import protocol as P
+from fedmmkt_strategy.privacy import privatize
 from task_models.training import DistillTargets, TrainSettings, evaluate_model, infer, train_model
 
 torch.set_num_threads(1)  # simulated nodes share the machine's cores; one thread each avoids thrashing
@@ -33,13 +35,19 @@ def query_infer(msg: Message, context: Context) -> Message:
     """Probabilities, entropies and projected embeddings on the synthetic inputs."""
     node = ClientNode.from_context(context)
     out = infer(node.model, _synthetic_inputs(node, msg, context))
+    probs, entropy, embedding = out.probs, out.entropy, out.embedding
+    cfg = node.config
+    if cfg.dp_noise_multiplier > 0:  # noise from OS entropy: the server knows the run seed
+        probs, entropy, embedding = privatize(
+            probs, embedding, cfg.dp_clip, cfg.dp_noise_multiplier, np.random.default_rng()
+        )
     content = RecordDict(
         {
             P.INFERENCE: ArrayRecord(
                 {
-                    P.PROBS: Array(out.probs),
-                    P.ENTROPY: Array(out.entropy),
-                    P.EMBEDDING: Array(out.embedding),
+                    P.PROBS: Array(probs),
+                    P.ENTROPY: Array(entropy),
+                    P.EMBEDDING: Array(embedding),
                 }
             ),
             P.CLIENT: node.describe(),

@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.accounting import payload_bytes
+from fedmmkt_strategy.checkpoint import rng_state, save_checkpoint
 from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.replies import PhaseOutcome, collect_replies, failed_nodes, require_quorum
 from fedmmkt_strategy.results import RunRecorder
@@ -89,6 +90,25 @@ class FederatedStrategy(Strategy):
 
     def after_evaluate(self, server_round: int) -> None:
         """Server-side evaluation after the clients reported (e.g. T2I quality); none by default."""
+
+    def state_dict(self) -> dict:
+        """What this strategy must remember across rounds, for a checkpoint; extended by subclasses."""
+        return {"clients": {node: dict(info) for node, info in self.clients.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()` when a run resumes."""
+        self.clients = {int(node): dict(info) for node, info in state["clients"].items()}
+
+    def save_checkpoint(self, server_round: int) -> None:
+        """The server's whole state after a complete round, atomically into the results folder."""
+        state = {
+            "round": server_round,
+            "config": self.config.as_run_config(),
+            "rng": rng_state(),
+            "recorder": self.recorder.state_dict(),
+            "strategy": self.state_dict(),
+        }
+        save_checkpoint(self.recorder.run_dir, state)
 
     def check_train_reply(self, reply: Message) -> str | None:
         return check_metrics_reply(reply, self.train_metrics)
@@ -172,6 +192,8 @@ class FederatedStrategy(Strategy):
         self.after_evaluate(server_round)
         self.recorder.server(server_round, time_round_s=time.perf_counter() - self._round_start)
         self.recorder.write()
+        if self.config.checkpoint:
+            self.save_checkpoint(server_round)
         summary = self.recorder.round_summary(server_round)
         log(
             INFO,

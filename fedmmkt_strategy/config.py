@@ -121,6 +121,14 @@ class RunConfig(BaseModel):
     # -- outputs
     results_dir: str = "~/fedmmkt-results"
     run_name: str = ""
+    # -- robustness: Byzantine-robust vote, checkpoint and resume, differential privacy of uploads
+    labvote_robust: Literal["none", "reliability"] = "none"
+    labvote_reliability_decay: float = Field(0.5, ge=0, lt=1)
+    checkpoint: bool = True
+    resume: str = ""
+    dp_noise_multiplier: float = Field(0.0, ge=0)
+    dp_clip: float = Field(1.0, gt=0)
+    dp_delta: float = Field(1e-5, gt=0, lt=1)
 
     @field_validator("client_layout")
     @classmethod

@@ -48,6 +48,16 @@ class PerArchitectureFedAvg(FederatedStrategy):
             reason = f"missing ArrayRecord {P.ARRAYS!r} with the trained weights"
         return reason
 
+    def state_dict(self) -> dict:
+        return {
+            **super().state_dict(),
+            "global_models": {a: r.to_torch_state_dict() for a, r in self.global_models.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.global_models = {a: ArrayRecord(sd) for a, sd in state["global_models"].items()}
+
     def after_train(self, server_round: int, outcome: PhaseOutcome) -> None:
         groups: dict[str, list[RecordDict]] = defaultdict(list)
         for node, reply in outcome.ok.items():

@@ -49,10 +49,12 @@ from fedmmkt_strategy.generative.synthesis import (
     synthesize,
     world_prompts,
 )
-from fedmmkt_strategy.generative.t2i import finetune_denoiser
+from fedmmkt_strategy.generative.t2i import denoiser_state, finetune_denoiser, load_denoiser_state
 from fedmmkt_strategy.labvote import VoteResult, labvote, plain_average, vote_diagnostics
+from fedmmkt_strategy.privacy import PrivacyLedger
 from fedmmkt_strategy.replies import PhaseOutcome
 from fedmmkt_strategy.results import RunRecorder
+from fedmmkt_strategy.robust import ReliabilityTracker
 from fedmmkt_strategy.server_models import ServerModels, caption_anchors, load_server_models
 from fedmmkt_strategy.validation import check_inference_reply
 from task_models import splits
@@ -97,6 +99,11 @@ class FedMMKT(FederatedStrategy):
         self.targets: dict[int, ArrayRecord] = {}
         self.node_pool_round: dict[int, int] = {}  # node -> round whose pool it holds
         self._timings: dict[str, float] = {}
+        robust = config.labvote_robust == "reliability"
+        self.reliability = ReliabilityTracker(config.labvote_reliability_decay) if robust else None
+        self.privacy = (
+            PrivacyLedger(config.dp_noise_multiplier, config.dp_delta) if config.dp_noise_multiplier else None
+        )
 
     @contextmanager
     def _timed(self, step: str):
@@ -187,7 +194,17 @@ class FedMMKT(FederatedStrategy):
                 self.node_pool_round[node] = server_round
             else:  # it may have lost or never applied the update: send everything next time
                 self.node_pool_round.pop(node, None)
+        self.account_privacy(server_round, outcome)
         return outcome
+
+    def account_privacy(self, server_round: int, outcome: PhaseOutcome) -> None:
+        """With differentially private uploads: each accepted upload's epsilon so far (privacy.py)."""
+        if self.privacy is None:
+            return
+        spent = [self.privacy.record(node, len(self.pool)) for node in sorted(outcome.ok)]
+        for node, eps in zip(sorted(outcome.ok), spent):
+            self.recorder.client(server_round, node, dp_epsilon=eps)
+        self.recorder.server(server_round, dp_epsilon_max=max(spent, default=0.0), dp_delta=self.config.dp_delta)
 
     def _stack(self, outcome: PhaseOutcome, key: str, nodes: Iterable[int]) -> np.ndarray:
         return np.stack([outcome.ok[n].content[P.INFERENCE][key].numpy() for n in nodes])
@@ -197,7 +214,8 @@ class FedMMKT(FederatedStrategy):
         nodes = sorted(outcome.ok)
         probs = self._stack(outcome, P.PROBS, nodes)
         if self.use_vote:
-            result = labvote(probs, self._stack(outcome, P.ENTROPY, nodes), self.config.labvote_beta)
+            weights = self.client_reliability(server_round, nodes, probs)
+            result = labvote(probs, self._stack(outcome, P.ENTROPY, nodes), self.config.labvote_beta, weights)
         else:
             result = plain_average(probs)
         depicted = None if self.models.judge is None else judge_predict(self.models.judge, self.pool.images)
@@ -215,6 +233,16 @@ class FedMMKT(FederatedStrategy):
             diag["vote_prompt_agreement"],
         )
         return result
+
+    def client_reliability(self, server_round: int, nodes: list[int], probs: np.ndarray) -> np.ndarray | None:
+        """The Byzantine defence's per-client vote weights (robust.py), None when it is off."""
+        if self.reliability is None:
+            return None
+        weights = self.reliability.weights(nodes, probs)
+        for node, weight in zip(nodes, weights):
+            agreement = self.reliability.history.get(node, float("nan"))
+            self.recorder.client(server_round, node, reliability=float(weight), vote_agreement=agreement)
+        return weights
 
     def _anchors(self, modality: str, kept: np.ndarray, text_anchor: torch.Tensor) -> torch.Tensor:
         """The other modalities' previous fused vectors of the kept rows, where known; else the
@@ -321,6 +349,47 @@ class FedMMKT(FederatedStrategy):
         if node_id in self.targets:
             content[P.TARGETS] = self.targets[node_id]
         return content
+
+    # ------------------------------------------------------------------ checkpoint (checkpoint.py)
+    def state_dict(self) -> dict:
+        """T2I denoiser (or LoRA), fusion module, synthetic pool, previous fused vectors,
+        reliability history and privacy ledger. Which rows each node holds is not kept: after a
+        resume every node gets the whole pool once, as its SuperNode may have restarted."""
+        pool = None
+        if self.pool is not None:
+            p = self.pool
+            pool = {"images": p.images, "captions": list(p.captions), "prompts": list(p.prompts)}
+            pool |= {"classes": p.classes, "generation_round": p.generation_round}
+        fusion = None
+        if self.fusion is not None:
+            fusion = {"modalities": list(self.fusion.modalities), "weights": self.fusion.state_dict()}
+        return {
+            **super().state_dict(),
+            "denoiser": denoiser_state(self.models.pipe),
+            "fusion": fusion,
+            "pool": pool,
+            "prev_fused": dict(self.prev_fused),
+            "reliability": self.reliability.state_dict() if self.reliability else None,
+            "privacy": self.privacy.state_dict() if self.privacy else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        load_denoiser_state(self.models.pipe, state["denoiser"])
+        if state["fusion"] is not None:
+            self.fusion = CrossModalFusion(
+                state["fusion"]["modalities"], self.config.fusion_dim, self.world.num_classes
+            )
+            self.fusion.load_state_dict(state["fusion"]["weights"])
+        if state["pool"] is not None:
+            p = state["pool"]
+            arrays = {k: p[k].numpy() for k in ("images", "classes", "generation_round")}
+            self.pool = SyntheticPool(captions=list(p["captions"]), prompts=list(p["prompts"]), **arrays)
+        self.prev_fused = {m: v.numpy() for m, v in state["prev_fused"].items()}
+        if self.reliability is not None and state["reliability"] is not None:
+            self.reliability.load_state_dict(state["reliability"])
+        if self.privacy is not None and state["privacy"] is not None:
+            self.privacy.load_state_dict(state["privacy"])
 
     # ------------------------------------------------------------------ step 7 (server side)
     def evaluate_t2i(self, server_round: int) -> None:

@@ -34,7 +34,9 @@ def normalised_entropy(entropy: np.ndarray, num_classes: int) -> np.ndarray:
     return np.clip(entropy / math.log(num_classes), 0.0, 1.0)
 
 
-def labvote(probs: np.ndarray, entropy: np.ndarray, beta: float = 0.5) -> VoteResult:
+def labvote(
+    probs: np.ndarray, entropy: np.ndarray, beta: float = 0.5, client_weights: np.ndarray | None = None
+) -> VoteResult:
     """Entropy-weighted vote.
 
     Parameters
@@ -45,6 +47,11 @@ def labvote(probs: np.ndarray, entropy: np.ndarray, beta: float = 0.5) -> VoteRe
         Client prediction entropies [K, N] (natural log).
     beta : float
         Threshold on the normalised entropy: a vote counts when ``h <= beta`` (default 0.5).
+    client_weights : np.ndarray, optional
+        Per-client factors r [K] in [0, 1] (the Byzantine defence's reliabilities, `robust.py`)
+        that discount confidence: the weight becomes ``r * (1 - h)`` and the vote counts when
+        that is at least ``1 - beta`` (the same threshold, so r = 1 changes nothing); a sample
+        only unreliable clients vote on is discarded rather than labelled by them.
     """
     k, n, c = probs.shape
     if entropy.shape != (k, n):
@@ -52,6 +59,9 @@ def labvote(probs: np.ndarray, entropy: np.ndarray, beta: float = 0.5) -> VoteRe
     h = normalised_entropy(entropy, c)
     counted = h <= beta
     weights = np.where(counted, 1.0 - h, 0.0)  # [K, N]
+    if client_weights is not None:
+        weights = weights * np.asarray(client_weights, dtype=float)[:, None]
+        counted = counted & (weights >= 1.0 - beta) & (weights > 0)
     total = weights.sum(0)  # [N]
     kept = counted.any(0) & (total > 0)
     weighted = np.einsum("kn,knc->nc", weights, probs)

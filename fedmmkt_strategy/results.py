@@ -63,6 +63,7 @@ class RunRecorder:
         self.clients: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
         self.rounds: dict[int, dict[str, Any]] = defaultdict(dict)
         self.failures: list[dict[str, Any]] = []
+        self.resumes: list[dict[str, Any]] = []  # one entry per resume: after which round, when
         self.started = time.time()
 
     def client(self, server_round: int, node_id: int, **fields: Any) -> None:
@@ -108,7 +109,26 @@ class RunRecorder:
             "wall_time_s": time.time() - self.started,
             "rounds": rounds,
             "failures": self.failures,
+            "resumes": self.resumes,
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything recorded so far, for a checkpoint (see `checkpoint.py`)."""
+        return {
+            "clients": [dict(row) for _, row in sorted(self.clients.items())],
+            "rounds": {rnd: dict(fields) for rnd, fields in self.rounds.items()},
+            "failures": list(self.failures),
+            "resumes": list(self.resumes),
+            "elapsed_s": time.time() - self.started,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint: the history so far, and the wall clock where it stopped."""
+        self.clients = defaultdict(dict, {(int(r["round"]), int(r["node_id"])): dict(r) for r in state["clients"]})
+        self.rounds = defaultdict(dict, {int(rnd): dict(fields) for rnd, fields in state["rounds"].items()})
+        self.failures = list(state["failures"])
+        self.resumes = list(state["resumes"])
+        self.started = time.time() - float(state["elapsed_s"])
 
     def write(self) -> None:
         """(Re)write metrics.json, metrics.csv and accuracy.png."""

@@ -2,19 +2,24 @@
 
 The ServerApp calls this with Flower's Grid; the in-process runner (`inprocess.py`, used by
 `fedmmkt compare` and the tests) calls it with a Grid that delivers messages in the same process.
+With the run-config key `resume`, the run continues a previous one from its checkpoint
+(`checkpoint.py`) in the same results folder.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from logging import INFO
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from fedmmkt_strategy.base import FederatedStrategy
+from fedmmkt_strategy.checkpoint import CHECKPOINT_FILE, check_resumable, load_checkpoint, resolve_resume, restore_rng
 from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.factory import build_strategy
 from fedmmkt_strategy.results import RunRecorder, make_run_dir
@@ -25,6 +30,8 @@ from fedmmkt_strategy.timeouts import PhaseTimeoutGrid, phase_timeouts
 def run_federation(grid: Grid, run_config: Mapping[str, Any], models: ServerModels | None = None) -> Path:
     """Run `num-server-rounds` rounds of the configured strategy; return the results folder."""
     config = RunConfig.from_run_config(run_config)  # a bad value stops here, before any work
+    if config.resume:
+        return resume_federation(grid, config, models)
     run_dir = make_run_dir(config.results_path, config.strategy, config.run_name)
     recorder = RunRecorder(run_dir, config.as_run_config(), config.strategy)
     log(INFO, "results will be written to %s", run_dir)
@@ -40,3 +47,43 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any], models: ServerMode
         recorder.write()
     log(INFO, "results: %s (metrics.json, metrics.csv, accuracy.png, samples/)", run_dir)
     return run_dir
+
+
+def resume_federation(grid: Grid, config: RunConfig, models: ServerModels | None = None) -> Path:
+    """Continue the run named by `resume` after its last complete round, in its results folder.
+
+    The server's state (models, pool, history, metrics, random states) is restored exactly; the
+    config may differ only in keys that do not change results (`checkpoint.RESUMABLE_KEYS`).
+    """
+    run_dir = resolve_resume(config)
+    state = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    completed = int(state["round"])
+    check_resumable(state["config"], config, completed)
+    recorder = RunRecorder(run_dir, config.as_run_config(), config.strategy)
+    recorder.load_state_dict(state["recorder"])
+    recorder.resumes.append({"after_round": completed, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    strategy = build_strategy(config, recorder, models)
+    strategy.load_state_dict(state["strategy"])
+    restore_rng(state["rng"])  # last: building the strategy may have drawn random numbers
+    log(INFO, "resuming %s after round %d of %d", run_dir, completed, config.num_server_rounds)
+    try:
+        run_rounds(strategy, grid, completed + 1, config.num_server_rounds, config.round_timeout)
+    finally:
+        recorder.write()
+    log(INFO, "results: %s (metrics.json, metrics.csv, accuracy.png, samples/)", run_dir)
+    return run_dir
+
+
+def run_rounds(strategy: FederatedStrategy, grid: Grid, first: int, last: int, timeout: float) -> None:
+    """Rounds `first`..`last` in the order of Flower's `Strategy.start` (train phase, then
+    evaluate phase), which always begins at round 1 and so cannot continue a run."""
+    strategy.summary()
+    arrays = ArrayRecord()
+    for server_round in range(first, last + 1):
+        log(INFO, "[ROUND %s/%s]", server_round, last)
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        replies = grid.send_and_receive(messages, timeout=timeout)
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        arrays = new_arrays if new_arrays is not None else arrays
+        messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+        strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))

@@ -23,7 +23,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from diffusers.training_utils import EMAModel, cast_training_params
-from peft import LoraConfig
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
 
@@ -568,3 +568,32 @@ def _warmup_constant(warmup: int):
 
 def _cosine(total: int):
     return lambda step: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
+
+
+def denoiser_state(pipe: StableDiffusionPipeline) -> dict[str, object]:
+    """What fine-tuning changed in `G`, for a checkpoint: the LoRA adapter when one is attached
+    (small; the base weights are the loaded ones), else the denoiser's full weights."""
+    unet = pipe.unet
+    config = (getattr(unet, "peft_config", None) or {}).get(LORA_ADAPTER)
+    if config is None:
+        return {"kind": "full", "weights": {k: v.detach().clone() for k, v in unet.state_dict().items()}}
+    weights = get_peft_model_state_dict(unet, adapter_name=LORA_ADAPTER)
+    return {"kind": "lora", "rank": int(config.r), "weights": {k: v.detach().clone() for k, v in weights.items()}}
+
+
+def load_denoiser_state(pipe: StableDiffusionPipeline, state: dict[str, object]) -> None:
+    """Put a `denoiser_state` back into a freshly loaded pipeline (adding the adapter if needed)."""
+    unet = pipe.unet
+    if state["kind"] == "full":
+        unet.load_state_dict(state["weights"])
+    else:
+        if LORA_ADAPTER not in (getattr(unet, "peft_config", None) or {}):
+            rank = int(state["rank"])
+            unet.add_adapter(
+                LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS)),
+                adapter_name=LORA_ADAPTER,
+            )
+        result = set_peft_model_state_dict(unet, state["weights"], adapter_name=LORA_ADAPTER)
+        if result.unexpected_keys:
+            raise ValueError(f"LoRA checkpoint has unexpected keys: {result.unexpected_keys[:5]}")
+    _ready_for_inference(pipe)

@@ -1,0 +1,110 @@
+"""Checkpoint and resume: atomic writes, random states, config checks, and a crashed run that,
+resumed, ends exactly where an uninterrupted run of the same seed ends."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from client_app.app import app as client_app
+from fedmmkt_strategy import checkpoint as ckpt
+from fedmmkt_strategy.config import ConfigError, RunConfig
+from fedmmkt_strategy.generative.t2i import denoiser_state, finetune_denoiser, load_denoiser_state
+from fedmmkt_strategy.inprocess import InProcessGrid
+from fedmmkt_strategy.runner import run_federation
+from fedmmkt_strategy.server_models import load_server_models
+
+
+def test_rng_state_round_trips():
+    saved = ckpt.to_tensors(ckpt.rng_state())
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt.restore_rng(saved)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    ckpt.save_checkpoint(tmp_path, {"round": 1, "pool": {"images": np.zeros((2, 3), np.uint8), "captions": ["a"]}})
+
+    def dies_halfway(obj, fh):
+        fh.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, {"round": 2})
+    state = ckpt.load_checkpoint(tmp_path / ckpt.CHECKPOINT_FILE)
+    assert state["round"] == 1 and state["pool"]["captions"] == ["a"]
+    assert state["pool"]["images"].dtype == torch.uint8
+
+
+def test_resume_refuses_a_config_that_changes_results(tmp_path):
+    saved = RunConfig().as_run_config()
+    ckpt.check_resumable(saved, RunConfig(resume="x", num_server_rounds=9, round_timeout=5.0), 3)
+    with pytest.raises(ConfigError, match="labvote-beta: checkpoint 0.5, now 0.7"):
+        ckpt.check_resumable(saved, RunConfig(labvote_beta=0.7), 3)
+    with pytest.raises(ConfigError, match="beyond num-server-rounds"):
+        ckpt.check_resumable(saved, RunConfig(num_server_rounds=2), 3)
+    with pytest.raises(ConfigError, match="no checkpoint found"):
+        ckpt.resolve_resume(RunConfig(resume="nowhere", results_dir=str(tmp_path)))
+
+
+def test_lora_adapters_round_trip_into_a_fresh_pipeline(tmp_path, micro_run_config):
+    config = RunConfig.from_run_config(micro_run_config)
+    tuned, fresh = load_server_models(config).pipe, load_server_models(config).pipe
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    finetune_denoiser(tuned, images, ["a red flower"] * 4, steps=1, lr=1e-2, batch_size=2, seed=0, use_lora=True)
+    state = ckpt.load_checkpoint(ckpt.save_checkpoint(tmp_path, {"d": denoiser_state(tuned)}))
+    assert state["d"]["kind"] == "lora" and all("lora" in k for k in state["d"]["weights"])
+    load_denoiser_state(fresh, state["d"])
+    latents, text = torch.randn(1, 4, 16, 16), torch.randn(1, 24, 128)
+    with torch.no_grad():
+        expected = tuned.unet(latents, 10, text).sample
+        assert torch.equal(fresh.unet(latents, 10, text).sample, expected)
+
+
+class SimulatedCrash(RuntimeError):
+    """The ServerApp dies: raised as round `crash_round` is about to send its first message."""
+
+
+class CrashingGrid(InProcessGrid):
+    crash_round: int | None = None
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        if self.crash_round and any(m.metadata.group_id == str(self.crash_round) for m in messages):
+            raise SimulatedCrash(f"server killed at the start of round {self.crash_round}")
+        return super().push_messages(messages)
+
+
+def comparable(metrics: dict) -> list:
+    """Every figure of every round except wall-clock times and round-2 downlink bytes (a resumed
+    server sends each node the whole pool once)."""
+    rounds = []
+    for rnd in metrics["rounds"]:
+        server = {k: v for k, v in rnd["server"].items() if not k.startswith("time_")}
+        clients = [{k: v for k, v in c.items() if k != "bytes_down"} for c in rnd["clients"]]
+        rounds.append((rnd["round"], server, clients))
+    return rounds
+
+
+def test_a_crashed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, micro_run_config):
+    rc = {**micro_run_config, "results-dir": str(tmp_path), "labvote-beta": 1.0, "labvote-robust": "reliability"}
+    whole = run_federation(InProcessGrid(client_app, rc, 4), {**rc, "run-name": "whole"})
+
+    grid = CrashingGrid(client_app, rc, 4)  # the SuperNodes outlive the server: same client state
+    grid.crash_round = 2
+    with pytest.raises(SimulatedCrash):
+        run_federation(grid, {**rc, "run-name": "crashed"})
+    crashed = tmp_path / "crashed"
+    assert ckpt.load_checkpoint(crashed / ckpt.CHECKPOINT_FILE)["round"] == 1
+    grid.crash_round = None
+    resumed = run_federation(grid, {**rc, "resume": "crashed"})
+
+    assert resumed == crashed
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, resumed))
+    assert [r["round"] for r in b["rounds"]] == [0, 1, 2]
+    assert comparable(b) == comparable(a)
+    assert b["resumes"][0]["after_round"] == 1
+    assert "gen_acc" in b["rounds"][-1]["server"] and "reliability" in b["rounds"][-1]["clients"][0]
