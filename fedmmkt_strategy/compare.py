@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from flwr.common.config import parse_config_args  # noqa: E402
 from flwr.common.logger import log  # noqa: E402
 
 from fedmmkt_strategy.config import RunConfig  # noqa: E402
@@ -57,8 +58,13 @@ PRESETS: dict[str, Preset] = {
 
 
 def variant_config(variant: str) -> dict[str, Any]:
-    """Run-config overrides of a variant name (a strategy or an ablation)."""
-    return dict(ABLATIONS.get(variant, {"strategy": variant}))
+    """Run-config overrides of a variant name: a strategy or an ablation, optionally followed by
+    ``+key=value`` overrides, e.g. ``fedmmkt+labvote-beta=0.3+t2i-update-fraction=0.5``."""
+    name, *overrides = variant.split("+")
+    config = dict(ABLATIONS.get(name, {"strategy": name}))
+    for override in overrides:
+        config.update(parse_config_args([override]))
+    return config
 
 
 def summarise_run(metrics: dict[str, Any]) -> dict[str, float]:

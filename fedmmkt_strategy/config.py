@@ -89,11 +89,13 @@ class RunConfig(BaseModel):
     generation_batch_size: int = Field(64, ge=1)
     # -- steps 3-5: LabVote, MultiRepFusion, T2I update (ablation switches: use-*)
     labvote_beta: float = Field(0.5, ge=0, le=1)
+    labvote_prompt_mix: float = Field(0.0, ge=0, le=1)
     contrastive_tau: float = Field(0.1, gt=0)
     contrastive_batch: int = Field(1024, ge=2)
     fusion_steps: int = Field(50, ge=0)
     fusion_lr: float = Field(1e-3, gt=0)
     t2i_steps_per_round: int = Field(20, ge=0)
+    t2i_update_fraction: float = Field(1.0, gt=0, le=1)
     t2i_lr: float = Field(1e-4, gt=0)
     t2i_batch_size: int = Field(32, ge=1)
     t2i_lora: Literal["auto", "on", "off"] = "auto"

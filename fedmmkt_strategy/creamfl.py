@@ -16,4 +16,5 @@ class CreamFL(FedMMKT):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.use_vote = self.use_cross_attention = self.use_t2i_update = False
+        self.prompt_mix = 0.0
         self.use_contrastive = True

@@ -14,3 +14,4 @@ class FedMD(FedMMKT):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.use_vote = self.use_contrastive = self.use_cross_attention = self.use_t2i_update = False
+        self.prompt_mix = 0.0  # FedMD's consensus is the clients' alone

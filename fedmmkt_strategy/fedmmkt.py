@@ -50,7 +50,7 @@ from fedmmkt_strategy.generative.synthesis import (
     world_prompts,
 )
 from fedmmkt_strategy.generative.t2i import denoiser_state, finetune_denoiser, load_denoiser_state
-from fedmmkt_strategy.labvote import VoteResult, labvote, plain_average, vote_diagnostics
+from fedmmkt_strategy.labvote import VoteResult, labvote, mix_prompt, most_confident, plain_average, vote_diagnostics
 from fedmmkt_strategy.privacy import PrivacyLedger
 from fedmmkt_strategy.replies import PhaseOutcome
 from fedmmkt_strategy.results import RunRecorder
@@ -93,6 +93,7 @@ class FedMMKT(FederatedStrategy):
         self.use_contrastive = config.use_contrastive_aggregation
         self.use_cross_attention = config.use_cross_attention
         self.use_t2i_update = config.use_t2i_update
+        self.prompt_mix = config.labvote_prompt_mix
         self.pool: SyntheticPool | None = None
         self.fusion: CrossModalFusion | None = None
         self.prev_fused: dict[str, np.ndarray] = {}  # modality -> [N, d], NaN rows unknown
@@ -218,6 +219,7 @@ class FedMMKT(FederatedStrategy):
             result = labvote(probs, self._stack(outcome, P.ENTROPY, nodes), self.config.labvote_beta, weights)
         else:
             result = plain_average(probs)
+        result = mix_prompt(result, self.pool.classes, self.prompt_mix)
         depicted = None if self.models.judge is None else judge_predict(self.models.judge, self.pool.images)
         diag = vote_diagnostics(result, self.pool.classes, depicted)
         for node, share in zip(nodes, diag.pop("counted_vote_share")):
@@ -304,7 +306,8 @@ class FedMMKT(FederatedStrategy):
         if not self.use_t2i_update or self.config.t2i_steps_per_round == 0:
             return
         if self.t2i_labels == "voted":
-            rows, labels, weights = vote.kept_indices, vote.labels[vote.kept], vote.confidence[vote.kept]
+            rows = most_confident(vote, self.config.t2i_update_fraction) if vote.kept.any() else vote.kept_indices
+            labels, weights = vote.labels[rows], vote.confidence[rows]
         else:  # self-ft: the server's own prompt labels, every sample, no client knowledge
             rows = np.arange(len(self.pool))
             labels, weights = self.pool.classes, np.ones(len(rows), np.float32)

@@ -3,7 +3,14 @@ import math
 import numpy as np
 import pytest
 
-from fedmmkt_strategy.labvote import labvote, normalised_entropy, plain_average, vote_diagnostics
+from fedmmkt_strategy.labvote import (
+    labvote,
+    mix_prompt,
+    most_confident,
+    normalised_entropy,
+    plain_average,
+    vote_diagnostics,
+)
 
 C = 4
 LOGC = math.log(C)
@@ -97,3 +104,28 @@ def test_plain_average_keeps_everything():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="entropy has shape"):
         labvote(np.zeros((2, 3, C)), np.zeros((3, 2)))
+
+
+def test_prompt_mix_moves_mass_to_the_prompt_and_keeps_discards():
+    probs = np.zeros((1, 2, C), dtype=np.float32)
+    probs[0, 0, 3] = 1.0
+    probs[0, 1] = 1.0 / C
+    result = labvote(probs, np.array([[0.0, LOGC]]))  # sample 1 has no counted vote
+    mixed = mix_prompt(result, np.array([0, 0]), 0.25)
+    assert np.allclose(mixed.soft_labels[0, [0, 3]], [0.25, 0.75])
+    assert mixed.labels.tolist() == [3, -1] and mixed.kept.tolist() == [True, False]
+    assert np.isclose(mixed.confidence[0], 0.75)
+    assert mix_prompt(result, np.array([0, 0]), 0.75).labels.tolist() == [0, -1]
+    assert mix_prompt(result, np.array([0, 0]), 0.0) is result
+
+
+def test_most_confident_picks_the_top_share_of_kept_samples():
+    probs = np.zeros((1, 4, C), dtype=np.float32)
+    for i, top in enumerate([0.5, 0.9, 0.7, 0.8]):
+        probs[0, i, 0], probs[0, i, 1] = top, 1 - top
+    entropy = np.array([[0.1, 0.1, 0.1, 20.0]]) * LOGC / 20.0 * 4  # last one discarded (h > beta)
+    result = labvote(probs, entropy)
+    assert result.kept.tolist() == [True, True, True, False]
+    assert most_confident(result, 0.5).tolist() == [1, 2]
+    assert most_confident(result, 0.01).tolist() == [1]
+    assert most_confident(result, 1.0).tolist() == [1, 2, 0]
