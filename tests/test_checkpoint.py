@@ -71,11 +71,11 @@ class SimulatedCrash(RuntimeError):
 class CrashingGrid(InProcessGrid):
     crash_round: int | None = None
 
-    def push_messages(self, messages):
+    def push_messages(self, messages, timeout=None):
         messages = list(messages)
         if self.crash_round and any(m.metadata.group_id == str(self.crash_round) for m in messages):
             raise SimulatedCrash(f"server killed at the start of round {self.crash_round}")
-        return super().push_messages(messages)
+        return super().push_messages(messages, timeout)
 
 
 def comparable(metrics: dict) -> list:
