@@ -71,10 +71,8 @@ def main() -> None:
     print(f"cross-attention fusion ({args.fusion_steps} steps + fuse): {t_fusion:.2f} s")
     total = t_vote + t_contrastive + t_fusion
     print(f"total {total:.1f} s; peak RSS {peak_rss_gb():.2f} GB; threads {torch.get_num_threads()}")
-    print(
-        f"naive N x N float32 matrix per client would be {n * n * 4 / 1e9:.1f} GB "
-        f"({math.ceil(n / args.contrastive_batch)} blocks of {args.contrastive_batch} used instead)"
-    )
+    print(f"naive N x N float32 matrix per client would be {n * n * 4 / 1e9:.1f} GB "
+          f"({math.ceil(n / args.contrastive_batch)} blocks of {args.contrastive_batch} used instead)")
 
 
 if __name__ == "__main__":

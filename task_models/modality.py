@@ -1,8 +1,9 @@
 """Modalities and how raw inputs of each become model tensors.
 
 Raw inputs are what travels in messages and lives in datasets: uint8 images [N, H, W, 3],
-caption strings and float32 sensor readings [N, D] (NaN where a field is missing). Every task model of a modality takes the same tensor, so the server can send
-one synthetic set to all clients of a modality, whatever their architecture.
+caption strings and float32 sensor readings [N, D] (NaN where a field is missing). Every task
+model of a modality takes the same tensor, so the server can send one synthetic set to all
+clients of a modality, whatever their architecture.
 """
 
 from __future__ import annotations

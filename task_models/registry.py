@@ -23,8 +23,8 @@ import torch
 
 from task_models import models
 from task_models.modality import Modality
-from task_models.sensor import SENSOR_DIM
 from task_models.models import TaskModel
+from task_models.sensor import SENSOR_DIM
 
 
 @dataclass(frozen=True)
