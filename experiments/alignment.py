@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> dict:
     per_round = [alignment(r) for r in rec.fusion]
     archs = sorted({a.split("->")[0] for r in per_round for a in r["before"]})
     by_arch = {
-        a: [float(np.mean([v["class_top1"] for k, v in r["before"].items() if k.startswith(a + "->")])) for r in per_round]
+        a: [
+            float(np.mean([v["class_top1"] for k, v in r["before"].items() if k.startswith(a + "->")]))
+            for r in per_round
+        ]
         for a in archs
     }
     results = {"layout": layout, "run_dir": str(run.run_dir), "rounds": per_round, "class_top1_by_image_arch": by_arch}
@@ -51,10 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
             ax.legend(fontsize=7)
 
     write_outputs(args, "alignment", results, plot)
-    first, last = per_round[0], per_round[-1]
-    print("finding (class-level image->text top-1):")
-    print(f"  round {first['round']}: before fusion {first['before_mean']['class_top1']:.3f}, after {first['after'].get('class_top1', float('nan')):.3f}")
-    print(f"  round {last['round']}: before fusion {last['before_mean']['class_top1']:.3f}, after {last['after'].get('class_top1', float('nan')):.3f}")
+    for r in (per_round[0], per_round[-1]):
+        after = r["after"].get("class_top1", float("nan"))
+        print(f"  round {r['round']}: before fusion {r['before_mean']['class_top1']:.3f}, after {after:.3f}")
     for arch, ys in by_arch.items():
         print(f"  {arch:10s} -> text clients: {ys[0]:.3f} -> {ys[-1]:.3f}")
     return results

@@ -11,8 +11,6 @@ Variants: fedmmkt with contrastive-tau 0.05, 0.1 (default), 0.5.
 
 from __future__ import annotations
 
-import numpy as np
-
 from experiments.common import base_config, parser, run_variant, server_series, write_outputs
 
 TAUS = (0.05, 0.1, 0.5)

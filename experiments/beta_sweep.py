@@ -91,7 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
         i = BETAS.index(0.5)
         axes[2].plot(xs, [lv["sweep"]["discard_rate"][i] for lv in results["levels"].values()], "o-", label="discard")
         axes[2].plot(xs, [lv["sweep"]["voted_acc"][i] for lv in results["levels"].values()], "s-", label="voted acc")
-        axes[2].plot(xs, [lv["gen_acc_final"] - lv["gen_acc_initial"] for lv in results["levels"].values()], "^-", label="GenAcc gain")
+        axes[2].plot(
+            xs,
+            [lv["gen_acc_final"] - lv["gen_acc_initial"] for lv in results["levels"].values()],
+            "^-",
+            label="GenAcc gain",
+        )
         axes[2].set_xlabel("initial GenAcc")
         axes[2].set_title("beta = 0.5 versus initial T2I quality", fontsize=9)
         axes[2].grid(alpha=0.3)

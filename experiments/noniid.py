@@ -12,8 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.common import Recorder, alignment, base_config, final_accuracy, parser, run_variant, server_series
-from experiments.common import write_outputs
+from experiments.common import (
+    Recorder,
+    alignment,
+    base_config,
+    final_accuracy,
+    parser,
+    run_variant,
+    server_series,
+    write_outputs,
+)
 
 ALPHAS = (5.0, 0.5, 0.05)
 
@@ -29,9 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
         with Recorder().recording() as rec:
             fed = run_variant(args, "noniid", f"fedmmkt+dirichlet-alpha={alpha}", base, 8)
         acc_local, acc_fed = final_accuracy(local.metrics), final_accuracy(fed.metrics)
-        gains = {
-            f"{m}:{a}@{n}": acc_fed[n][2] - acc_local[n][2] for n, (m, a, _) in acc_fed.items() if n in acc_local
-        }
+        gains = {f"{m}:{a}@{n}": acc_fed[n][2] - acc_local[n][2] for n, (m, a, _) in acc_fed.items() if n in acc_local}
         aligned = [alignment(r) for r in rec.fusion]
         results["runs"][str(alpha)] = {
             "run_dirs": [str(local.run_dir), str(fed.run_dir)],
@@ -48,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     def plot(fig):
         runs = results["runs"]
         ax = fig.add_subplot(1, 3, 1)
-        for i, (alpha, run) in enumerate(runs.items()):
+        for i, run in enumerate(runs.values()):
             gains = list(run["client_gain"].values())
             ax.scatter([i] * len(gains), gains, alpha=0.6)
         ax.axhline(0, color="k", lw=0.8)
