@@ -6,8 +6,8 @@ kept synthetic pool: between every pair of single clients' projected embeddings 
 and between the fused image and text vectors (after cross-attention). Chance: 1/M per instance,
 about 1/24 per class.
 
-    python experiments/alignment.py            # default: 5 rounds, 8 clients, about 5 min
-    python experiments/alignment.py --quick
+    python -m experiments.alignment            # default: 5 rounds, 8 clients, about 5 min
+    python -m experiments.alignment --quick
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ modality the normalised entropy of the weights (``*_alpha_entropy``: 1 uniform, 
 all) and the largest single weight (``*_alpha_max``). Collapse = entropy near 0 / max near 1.
 Variants: fedmmkt with contrastive-tau 0.05, 0.1 (default), 0.5.
 
-    python experiments/alpha_weights.py        # 3 runs x 5 rounds x 8 clients, about 12 min
-    python experiments/alpha_weights.py --quick
+    python -m experiments.alpha_weights        # 3 runs x 5 rounds x 8 clients, about 12 min
+    python -m experiments.alpha_weights --quick
 """
 
 from __future__ import annotations

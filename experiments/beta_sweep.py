@@ -9,9 +9,9 @@ Cost: a new level pre-trains only its T2I denoiser (judge, VAE and captioner are
 default 1100-step cache): about 0.53 s per step on 2 cores, so 600 steps ~6 min and 1500 ~14 min,
 once (cached afterwards). Each level's run (3 rounds, 8 clients) takes ~3 min.
 
-    python experiments/beta_sweep.py                              # levels 600,1100: ~6 + 2 x 3 min
-    python experiments/beta_sweep.py --t2i-steps 600,1100,1500    # + ~14 min pre-training, +3 min
-    python experiments/beta_sweep.py --quick
+    python -m experiments.beta_sweep                              # levels 600,1100: ~6 + 2 x 3 min
+    python -m experiments.beta_sweep --t2i-steps 600,1100,1500    # + ~14 min pre-training, +3 min
+    python -m experiments.beta_sweep --quick
 """
 
 from __future__ import annotations

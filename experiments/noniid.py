@@ -4,8 +4,8 @@ Per alpha: each client's gain (fedmmkt minus local global-test accuracy, same pa
 LabVote discard rate per round, and the alignment between modalities (class-level image->text
 top-1 retrieval of the fused vectors, and of single clients' projections before fusion).
 
-    python experiments/noniid.py               # 3 x (fedmmkt ~3.7 min + local ~1.5 min), about 16 min
-    python experiments/noniid.py --quick
+    python -m experiments.noniid               # 3 x (fedmmkt ~3.7 min + local ~1.5 min), about 16 min
+    python -m experiments.noniid --quick
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ Variants (same image/text clients and partitions in all; sensor clients added in
 ``3 modalities mean`` (+ sensor:mlp,sensor:mlp), and ``local`` on the 3-modality layout (the gains'
 reference). Reports final global-test accuracy per modality, GenAcc and image->sensor alignment.
 
-    python experiments/three_modalities.py     # 4 runs x 5 rounds, about 12 min
-    python experiments/three_modalities.py --quick
+    python -m experiments.three_modalities     # 4 runs x 5 rounds, about 12 min
+    python -m experiments.three_modalities --quick
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ fine-tunes on its own generations: no client knowledge), with the T2I model scor
 Cost: a new pre-training for the hold-out (its own cache key; the judge is copied from the default
 cache): about 16 min once, then 2 runs x 5 rounds (~4.5 min each). About 25 min the first time.
 
-    python experiments/unknown_classes.py                       # holds out classes 1,10,19
-    python experiments/unknown_classes.py --holdout 1,10,19 --variants fedmmkt
-    python experiments/unknown_classes.py --quick
+    python -m experiments.unknown_classes                       # holds out classes 1,10,19
+    python -m experiments.unknown_classes --holdout 1,10,19 --variants fedmmkt
+    python -m experiments.unknown_classes --quick
 """
 
 from __future__ import annotations
