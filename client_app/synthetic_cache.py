@@ -20,11 +20,11 @@ class MissingSyntheticPool(RuntimeError):
 
 
 def update_synthetic_cache(state: RecordDict, update: ArrayRecord) -> None:
-    """Apply the rows of `update` (images and/or captions) to the cached pool."""
+    """Apply the rows of `update` (images, captions and/or sensor readings) to the cached pool."""
     rows = update[P.ROWS].numpy().astype(np.int64)
     size = int(update[P.POOL_SIZE].numpy().reshape(-1)[0])
     cache = state[CACHE] if CACHE in state.array_records else ArrayRecord()
-    for key in (P.IMAGES, P.CAPTIONS):
+    for key in (P.IMAGES, P.CAPTIONS, P.SENSORS):
         if key not in update:
             continue
         values = update[key].numpy()
@@ -42,8 +42,8 @@ def update_synthetic_cache(state: RecordDict, update: ArrayRecord) -> None:
 
 
 def cached_synthetic(state: RecordDict, modality: str) -> np.ndarray:
-    """The cached pool of a modality: images [N, H, W, 3] or captions [N]."""
-    key = P.IMAGES if modality == "image" else P.CAPTIONS
+    """The cached pool of a modality: images [N, H, W, 3], captions [N] or sensor readings [N, D]."""
+    key = {"image": P.IMAGES, "text": P.CAPTIONS, "sensor": P.SENSORS}[modality]
     if CACHE not in state.array_records or key not in state[CACHE]:
         raise MissingSyntheticPool(f"no synthetic {key} cached on this node")
     return state[CACHE][key].numpy()

@@ -106,6 +106,7 @@ def summarise_run(metrics: dict[str, Any]) -> dict[str, float]:
         "fid_round0": start[0]["fid"] if start else float("nan"),
         "image_acc": last.get("image_acc_global_mean", float("nan")),
         "text_acc": last.get("text_acc_global_mean", float("nan")),
+        "sensor_acc": last.get("sensor_acc_global_mean", float("nan")),
         "gen_acc": gen[-1]["gen_acc"] if gen else float("nan"),
         "fid": gen[-1]["fid"] if gen else float("nan"),
         "uplink_mb_per_client_round": float(np.mean(uplink)) / 1e6 if uplink else float("nan"),

@@ -61,6 +61,7 @@ class RunConfig(BaseModel):
     pool_size: int = Field(4000, ge=100)
     test_per_class: int = Field(20, ge=1)
     caption_partial_rate: float = Field(0.4, ge=0, le=1)
+    sensor_missing_rate: float = Field(0.15, ge=0, lt=1)
     # -- client training
     local_epochs: int = Field(2, ge=1)
     client_warmup_epochs: int = Field(3, ge=0)
@@ -81,6 +82,7 @@ class RunConfig(BaseModel):
     pretrain_t2i_lr: float = Field(1e-3, gt=0)
     pretrain_captioner_steps: int = Field(1600, ge=1)
     pretrain_eval_per_class: int = Field(10, ge=1)
+    pretrain_holdout_classes: str = ""
     # -- step 1: synthesis
     synthetic_size: int = Field(192, ge=2)
     refresh_fraction: float = Field(0.25, ge=0, le=1)
@@ -94,6 +96,7 @@ class RunConfig(BaseModel):
     contrastive_batch: int = Field(1024, ge=2)
     fusion_steps: int = Field(50, ge=0)
     fusion_lr: float = Field(1e-3, gt=0)
+    fusion_other_modalities: Literal["attention", "mean"] = "attention"
     t2i_steps_per_round: int = Field(20, ge=0)
     t2i_update_fraction: float = Field(1.0, gt=0, le=1)
     t2i_lr: float = Field(1e-4, gt=0)
@@ -138,6 +141,12 @@ class RunConfig(BaseModel):
         parse_layout(value)
         return value
 
+    @field_validator("pretrain_holdout_classes")
+    @classmethod
+    def _holdout_is_valid(cls, value: str) -> str:
+        parse_class_list(value)
+        return value
+
     @field_validator("hf_prompt_template")
     @classmethod
     def _template_has_slot(cls, value: str) -> str:
@@ -150,6 +159,10 @@ class RunConfig(BaseModel):
         if self.dataset == "toy" and self.image_size not in (32, 64):
             raise ValueError(f"image-size = {self.image_size}: the toy world renders 32 or 64 pixels only")
         if self.dataset == "hf":
+            if any(entry.modality == "sensor" for entry in self.layout):
+                raise ValueError("client-layout has sensor clients, which only the toy world (dataset = 'toy') has")
+            if self.pretrain_holdout_classes:
+                raise ValueError("pretrain-holdout-classes applies to the toy world's pre-training only")
             if not self.hf_dataset:
                 raise ValueError("hf-dataset is empty: dataset = 'hf' needs a hub id or a local parquet file/folder")
             for key, value in (("t2i-model", self.t2i_model), ("captioner-model", self.captioner_model)):
@@ -190,6 +203,8 @@ class RunConfig(BaseModel):
             pool_size=self.pool_size,
             test_per_class=self.test_per_class,
             caption_partial_rate=self.caption_partial_rate,
+            public_holdout_classes=parse_class_list(self.pretrain_holdout_classes),
+            sensor_missing_rate=self.sensor_missing_rate,
         )
 
     @property
@@ -207,6 +222,25 @@ class RunConfig(BaseModel):
             return cls.model_validate(dict(run_config))
         except ValidationError as err:
             raise ConfigError(format_errors(err)) from None
+
+
+def parse_class_list(text: str) -> tuple[int, ...]:
+    """``"3,7,11"`` -> (3, 7, 11), sorted and unique; a Flower run-config value cannot be a list.
+
+    Raises ValueError for anything but comma-separated toy class labels in [0, NUM_CLASSES), or
+    for holding out every class (the server would have no public data at all).
+    """
+    from task_models.domain import NUM_CLASSES
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"{text!r} must be comma-separated class labels, e.g. '3,7,11'")
+    labels = tuple(sorted({int(p) for p in parts}))
+    if any(y >= NUM_CLASSES for y in labels):
+        raise ValueError(f"class labels must lie in [0, {NUM_CLASSES})")
+    if len(labels) >= NUM_CLASSES:
+        raise ValueError("cannot hold out every class")
+    return labels
 
 
 def format_errors(err: ValidationError) -> str:

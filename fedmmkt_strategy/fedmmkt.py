@@ -59,6 +59,7 @@ from fedmmkt_strategy.server_models import ServerModels, caption_anchors, load_s
 from fedmmkt_strategy.validation import check_inference_reply
 from task_models import splits
 from task_models.modality import MODALITIES
+from task_models.sensor import from_captions as sensor_from_captions
 
 
 class FedMMKT(FederatedStrategy):
@@ -158,7 +159,7 @@ class FedMMKT(FederatedStrategy):
         )
 
     def _pool_update(self, server_round: int, node: int) -> ArrayRecord:
-        """The pool rows this node lacks, of its modality (both modalities if still unknown)."""
+        """The pool rows this node lacks, of its modality (every modality if still unknown)."""
         assert self.pool is not None
         known = self.node_pool_round.get(node)
         rows = np.arange(len(self.pool)) if known is None else np.flatnonzero(self.pool.generation_round > known)
@@ -171,7 +172,20 @@ class FedMMKT(FederatedStrategy):
             record[P.IMAGES] = Array(np.ascontiguousarray(images))
         if modality in (None, "text"):
             record[P.CAPTIONS] = Array(np.array([self.pool.captions[i] for i in rows]))
+        if modality == "sensor" or (modality is None and self._has_sensor_clients()):
+            record[P.SENSORS] = Array(self._pool_sensors(rows))
         return record
+
+    def _has_sensor_clients(self) -> bool:
+        """Whether the layout has sensor clients: only then do unknown nodes get readings too."""
+        return any(entry.modality == "sensor" for entry in self.config.layout)
+
+    def _pool_sensors(self, rows: np.ndarray) -> np.ndarray:
+        """Synthetic sensor readings of pool rows, measured from their captions (task_models/sensor.py).
+        Seeded per row and generation round, so a row re-sent to another node is the same reading."""
+        seeds = [self.config.seed * 100003 + int(r) * 1009 + int(self.pool.generation_round[r]) for r in rows]
+        captions = [self.pool.captions[i] for i in rows]
+        return np.ascontiguousarray(sensor_from_captions(captions, seeds, self.config.domain.sensor_missing_rate))
 
     def query(self, server_round: int, grid: Grid) -> PhaseOutcome:
         """Step 2: every sampled client's outputs on the synthetic inputs, validated on arrival."""
@@ -284,7 +298,12 @@ class FedMMKT(FederatedStrategy):
         if self.use_cross_attention and len(tokens) > 1:
             if self.fusion is None:
                 torch.manual_seed(self.config.seed)
-                self.fusion = CrossModalFusion(list(tokens), self.config.fusion_dim, self.world.num_classes)
+                self.fusion = CrossModalFusion(
+                    list(tokens),
+                    self.config.fusion_dim,
+                    self.world.num_classes,
+                    others=self.config.fusion_other_modalities,
+                )
             losses = train_fusion(
                 self.fusion,
                 tokens,
@@ -381,7 +400,10 @@ class FedMMKT(FederatedStrategy):
         load_denoiser_state(self.models.pipe, state["denoiser"])
         if state["fusion"] is not None:
             self.fusion = CrossModalFusion(
-                state["fusion"]["modalities"], self.config.fusion_dim, self.world.num_classes
+                state["fusion"]["modalities"],
+                self.config.fusion_dim,
+                self.world.num_classes,
+                others=self.config.fusion_other_modalities,
             )
             self.fusion.load_state_dict(state["fusion"]["weights"])
         if state["pool"] is not None:

@@ -9,7 +9,8 @@ a. Contrastive aggregation (CreamFL-style). A client's representation of sample 
    within a batch), and rows are processed in chunks: the N x N matrix that made CreamFL's
    reference code run out of memory at 50 k samples is never materialised.
 b. Cross-attention. Each modality's aggregate attends, as query, over the tokens of all other
-   modalities (a set, not an average, when there are more than two), with residual and
+   modalities (a set, not an average, when there are more than two; ``others="mean"`` averages
+   them into one token instead, the paper's reading, for comparison), with residual and
    LayerNorm. The module is trained on the server with confidence-weighted cross-entropy on the
    voted labels plus InfoNCE between modalities.
 """
@@ -89,10 +90,16 @@ class CrossModalFusion(nn.Module):
         Size of the label space of the training head.
     heads : int
         Attention heads (d must be divisible by it).
+    others : {"attention", "mean"}
+        How a modality sees the other modalities: "attention" (default) attends over their tokens
+        as a set; "mean" averages them into one token first (identical with two modalities).
     """
 
-    def __init__(self, modalities: list[str], dim: int, num_classes: int, heads: int = 4):
+    def __init__(self, modalities: list[str], dim: int, num_classes: int, heads: int = 4, others: str = "attention"):
         super().__init__()
+        if others not in ("attention", "mean"):
+            raise ValueError(f"others must be 'attention' or 'mean', got {others!r}")
+        self.others = others
         self.modalities = list(modalities)
         self.modality_embedding = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in self.modalities})
         self.attention = nn.ModuleDict(
@@ -108,6 +115,8 @@ class CrossModalFusion(nn.Module):
             others = [tokens[o] + self.modality_embedding[o] for o in self.modalities if o != m]
             query = tokens[m].unsqueeze(1)  # [B, 1, d]
             keys = torch.stack(others, dim=1)  # [B, M-1, d]: a set of tokens
+            if self.others == "mean":
+                keys = keys.mean(dim=1, keepdim=True)  # [B, 1, d]: one averaged token
             attended, _ = self.attention[m](query, keys, keys, need_weights=False)
             fused[m] = self.norm[m](tokens[m] + attended.squeeze(1))
         return fused

@@ -24,6 +24,7 @@ RETURN_ARRAYS = "return-arrays"  # bool: reply with the trained weights under AR
 # keys inside SYNTHETIC (a client caches the pool; the server sends only rows it lacks)
 IMAGES = "images"  # uint8 [R, H, W, 3]
 CAPTIONS = "captions"  # str [R]
+SENSORS = "sensors"  # float32 [R, D], NaN where a field is missing
 ROWS = "rows"  # int64 [R]: pool rows the images/captions above replace
 POOL_SIZE = "pool-size"  # int64 [1]: N, the size of the whole pool
 

@@ -151,7 +151,7 @@ class RunRecorder:
 def plot_accuracy(data: dict[str, Any], path: Path) -> None:
     """Global-test accuracy per round: one thick line per modality (mean), thin lines per client."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {"image": "tab:blue", "text": "tab:orange"}
+    colours = {"image": "tab:blue", "text": "tab:orange", "sensor": "tab:green"}
     per_client: dict[tuple[int, str, str], list[tuple[int, float]]] = defaultdict(list)
     for rnd in data["rounds"]:
         for row in rnd["clients"]:

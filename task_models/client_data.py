@@ -20,7 +20,7 @@ from task_models.world import World, WorldSpec, build_world
 
 @dataclass(frozen=True)
 class LabelledInputs:
-    """Raw inputs of one modality (uint8 images or caption strings) with their labels."""
+    """Raw inputs of one modality (uint8 images, caption strings or float32 sensor readings) with labels."""
 
     inputs: np.ndarray | list[str]
     labels: np.ndarray
@@ -42,6 +42,8 @@ def _as_inputs(rows: dict, modality: Modality, all_captions: bool) -> LabelledIn
     labels = np.asarray(rows["label"], dtype=np.int64)
     if modality == "image":
         return LabelledInputs(np.asarray(rows["image"], dtype=np.uint8), labels)
+    if modality == "sensor":
+        return LabelledInputs(np.asarray(rows["sensor"], dtype=np.float32), labels)
     captions = [list(c) for c in rows["captions"]]
     if all_captions:  # every caption of a training image is a training text
         texts = [str(t) for caps in captions for t in caps]

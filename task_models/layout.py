@@ -38,7 +38,7 @@ def parse_layout(text: str) -> list[LayoutEntry]:
     for raw in (part.strip() for part in text.split(",")):
         modality, sep, arch = raw.partition(":")
         if not sep or not arch:
-            raise ValueError(f"layout entry {raw!r} must look like 'image:cnn' or 'text:gru'")
+            raise ValueError(f"layout entry {raw!r} must look like 'image:cnn', 'text:gru' or 'sensor:mlp'")
         if modality not in MODALITIES:
             raise ValueError(f"layout entry {raw!r}: modality must be one of {list(MODALITIES)}")
         if arch not in available_models():

@@ -1,8 +1,9 @@
 """Modalities and how raw inputs of each become model tensors.
 
-Raw inputs are what travels in messages and lives in datasets: uint8 images [N, H, W, 3] and
-caption strings. Every task model of a modality takes the same tensor, so the server can send
-one synthetic set to all clients of a modality, whatever their architecture.
+Raw inputs are what travels in messages and lives in datasets: uint8 images [N, H, W, 3],
+caption strings and float32 sensor readings [N, D] (NaN where a field is missing). Every task
+model of a modality takes the same tensor, so the server can send one synthetic set to all
+clients of a modality, whatever their architecture.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from transformers import PreTrainedTokenizerBase
 
 from task_models.tokenizer import build_tokenizer
 
-Modality = Literal["image", "text"]
-MODALITIES: tuple[Modality, ...] = ("image", "text")
+Modality = Literal["image", "text", "sensor"]
+MODALITIES: tuple[Modality, ...] = ("image", "text", "sensor")
 TEXT_MAX_LENGTH = 32
 
 
@@ -39,6 +40,14 @@ def texts_to_tensor(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase | N
     return encoded["input_ids"]
 
 
+def sensors_to_tensor(readings: np.ndarray) -> torch.Tensor:
+    """float32 readings [N, D] with NaN for missing fields -> [N, 2D]: values (missing as 0) and the
+    missing mask, so a model can tell "measured 0" from "not measured"."""
+    x = torch.from_numpy(np.ascontiguousarray(readings, dtype=np.float32))
+    missing = torch.isnan(x)
+    return torch.cat([torch.nan_to_num(x, nan=0.0), missing.float()], dim=-1)
+
+
 def to_model_input(
     modality: Modality, raw: np.ndarray | Sequence[str], tokenizer: PreTrainedTokenizerBase | None = None
 ) -> torch.Tensor:
@@ -47,6 +56,8 @@ def to_model_input(
         return images_to_tensor(np.asarray(raw))
     if modality == "text":
         return texts_to_tensor([str(t) for t in raw], tokenizer)
+    if modality == "sensor":
+        return sensors_to_tensor(np.asarray(raw))
     raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
 
 

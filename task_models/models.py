@@ -33,7 +33,7 @@ class TaskModel(nn.Module):
     fusion_dim : int
         Width d of the shared fusion space the projection head maps into.
     modality : str
-        "image" or "text": which raw inputs this model consumes.
+        "image", "text" or "sensor": which raw inputs this model consumes.
     """
 
     def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, fusion_dim: int, modality: Modality):
@@ -103,6 +103,24 @@ class HFViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(pixel_values=x).last_hidden_state[:, 0]
+
+
+class SensorMLP(nn.Module):
+    """An MLP over sensor readings and their missing mask ([N, 2D], `modality.sensors_to_tensor`):
+    the small model an IoT gateway can run."""
+
+    def __init__(self, in_dim: int, hidden: int = 64, layers: int = 2):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        width = in_dim
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU()]
+            width = hidden
+        self.net = nn.Sequential(*blocks)
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 def _masked_mean(hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 from task_models import models
 from task_models.modality import Modality
 from task_models.models import TaskModel
+from task_models.sensor import SENSOR_DIM
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,16 @@ def _bow(spec: ModelSpec) -> TaskModel:
 @register_task_model("transformer", modality="text")
 def _transformer(spec: ModelSpec) -> TaskModel:
     return _wrap(models.TinyBert(spec.vocab_size), spec, "text")
+
+
+@register_task_model("mlp", modality="sensor")
+def _mlp(spec: ModelSpec) -> TaskModel:
+    return _wrap(models.SensorMLP(2 * SENSOR_DIM, hidden=64), spec, "sensor")
+
+
+@register_task_model("mlp-small", modality="sensor")
+def _mlp_small(spec: ModelSpec) -> TaskModel:
+    return _wrap(models.SensorMLP(2 * SENSOR_DIM, hidden=32, layers=1), spec, "sensor")
 
 
 @register_task_model("resnet18", modality="image")

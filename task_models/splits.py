@@ -8,6 +8,8 @@
   T2I model is wrong on a fine-grained domain. Self-fine-tuning cannot repair that; client votes can.
 - ``reference``: held-out real images for the T2I judge only; never seen by the federation.
 - ``image_test`` / ``text_test``: class-balanced global test sets, one per modality.
+- ``sensor_pool`` / ``sensor_test``: the third modality's private pool and test set: sensor
+  readings (`sensor.py`) and labels only, no image or caption.
 
 Every split has its own seed offset, so splits never share a sample and any one of them can
 be rebuilt alone (a client regenerates only its own pool).
@@ -21,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 from datasets import Array3D, Dataset, Features, Sequence, Value
 
-from task_models import domain
+from task_models import domain, sensor
 
 IMAGE_POOL, TEXT_POOL, PUBLIC, REFERENCE, IMAGE_TEST, TEXT_TEST = (
     "image_pool",
@@ -31,7 +33,17 @@ IMAGE_POOL, TEXT_POOL, PUBLIC, REFERENCE, IMAGE_TEST, TEXT_TEST = (
     "image_test",
     "text_test",
 )
-_SEED_OFFSETS = {IMAGE_POOL: 11, TEXT_POOL: 23, PUBLIC: 37, REFERENCE: 41, IMAGE_TEST: 53, TEXT_TEST: 67}
+SENSOR_POOL, SENSOR_TEST = "sensor_pool", "sensor_test"
+_SEED_OFFSETS = {
+    IMAGE_POOL: 11,
+    TEXT_POOL: 23,
+    PUBLIC: 37,
+    REFERENCE: 41,
+    IMAGE_TEST: 53,
+    TEXT_TEST: 67,
+    SENSOR_POOL: 79,
+    SENSOR_TEST: 83,
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,11 @@ class DomainSpec:
     caption_partial_rate: float = 0.4
     public_confused_class_fraction: float = 0.5
     public_confusion_rate: float = 0.3
+    #: Classes absent from the server's public split (issue #8, experiment 6): its T2I model and
+    #: captioner never see them. Empty by default; `PretrainSpec.key` omits the field then.
+    public_holdout_classes: tuple[int, ...] = ()
+    #: Share of sensor fields reported missing (NaN); the server's pre-training never reads it.
+    sensor_missing_rate: float = 0.15
 
 
 def _to_dataset(samples: domain.FlowerSamples, image_size: int, caption_labels: np.ndarray) -> Dataset:
@@ -78,17 +95,22 @@ def confused_classes(spec: DomainSpec) -> np.ndarray:
 
 
 def _labels_for(split: str, spec: DomainSpec, rng: np.random.Generator) -> np.ndarray:
-    if split in (IMAGE_TEST, TEXT_TEST):
+    if split in (IMAGE_TEST, TEXT_TEST, SENSOR_TEST):
         return domain.balanced_labels(spec.test_per_class)
     if split == REFERENCE:
         return domain.balanced_labels(spec.reference_per_class)
-    size = spec.public_size if split == PUBLIC else spec.pool_size
-    return rng.integers(0, domain.NUM_CLASSES, size)
+    if split == PUBLIC:
+        allowed = np.setdiff1d(np.arange(domain.NUM_CLASSES), np.asarray(spec.public_holdout_classes, np.int64))
+        return allowed[rng.integers(0, len(allowed), spec.public_size)]
+    return rng.integers(0, domain.NUM_CLASSES, spec.pool_size)
 
 
 def _public_caption_labels(labels: np.ndarray, spec: DomainSpec, rng: np.random.Generator) -> np.ndarray:
     caption_labels = labels.copy()
     confused = np.isin(labels, confused_classes(spec)) & (rng.random(len(labels)) < spec.public_confusion_rate)
+    if spec.public_holdout_classes:  # a held-out class must not be named by a wrong caption either
+        neighbours = np.array([domain.confusable_neighbour(int(y)) for y in labels])
+        confused &= ~np.isin(neighbours, spec.public_holdout_classes)
     caption_labels[confused] = [domain.confusable_neighbour(int(y)) for y in labels[confused]]
     return caption_labels
 
@@ -101,6 +123,10 @@ def load_split(split: str, spec: DomainSpec) -> Dataset:
     seed = spec.seed * 1000 + _SEED_OFFSETS[split]
     rng = np.random.default_rng(seed)
     labels = _labels_for(split, spec, rng)
+    if split in (SENSOR_POOL, SENSOR_TEST):
+        readings = sensor.readings(labels, seed + 1, spec.sensor_missing_rate)
+        features = Features({"sensor": Sequence(Value("float32")), "label": Value("int64")})
+        return Dataset.from_dict({"sensor": readings, "label": labels}, features=features)
     caption_labels = _public_caption_labels(labels, spec, rng) if split == PUBLIC else labels
     samples = domain.generate(
         labels,
@@ -115,9 +141,9 @@ def load_split(split: str, spec: DomainSpec) -> Dataset:
 
 def pool_split(modality: str) -> str:
     """The client pool split of a modality."""
-    return {"image": IMAGE_POOL, "text": TEXT_POOL}[modality]
+    return {"image": IMAGE_POOL, "text": TEXT_POOL, "sensor": SENSOR_POOL}[modality]
 
 
 def test_split(modality: str) -> str:
     """The balanced global test split of a modality."""
-    return {"image": IMAGE_TEST, "text": TEXT_TEST}[modality]
+    return {"image": IMAGE_TEST, "text": TEXT_TEST, "sensor": SENSOR_TEST}[modality]

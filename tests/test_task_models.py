@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from task_models import client_data, domain, layout, registry, splits
+from task_models import client_data, domain, layout, registry, sensor, splits
 from task_models.modality import to_model_input, vocab_size
 from task_models.models import TaskModel
 from task_models.training import (
@@ -20,6 +20,8 @@ SPEC = registry.ModelSpec(num_classes=24, fusion_dim=16, vocab_size=vocab_size()
 def _inputs(modality: str, n: int = 5) -> torch.Tensor:
     if modality == "image":
         return to_model_input("image", np.random.default_rng(0).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8))
+    if modality == "sensor":
+        return to_model_input("sensor", sensor.readings(np.arange(n), seed=0))
     return to_model_input("text", ["a red flower with five petals"] * n)
 
 

@@ -69,7 +69,16 @@ class PretrainSpec:
     eval_guidance: float = 3.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"recipe_version": RECIPE_VERSION, **dataclasses.asdict(self)}
+        """The spec as JSON-able values. Domain fields the server's models never depend on (sensor
+        readings) are left out, and so is an empty class hold-out, so adding those fields kept
+        every existing cache key (and its minutes of pre-training) valid."""
+        values = dataclasses.asdict(self)
+        values["domain"].pop("sensor_missing_rate", None)
+        if not values["domain"].get("public_holdout_classes"):
+            values["domain"].pop("public_holdout_classes", None)
+        else:
+            values["domain"]["public_holdout_classes"] = list(values["domain"]["public_holdout_classes"])
+        return {"recipe_version": RECIPE_VERSION, **values}
 
     def key(self) -> str:
         """A short, stable hash of the spec (and recipe version)."""
