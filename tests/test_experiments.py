@@ -1,13 +1,16 @@
-"""Every issue #8 experiment script runs end to end in --quick mode and writes its JSON and plot.
+"""The issue #8 experiment scripts run end to end in --quick mode and write their JSON and plot.
 
-Micro server models, 2 to 4 clients, 2 rounds: plumbing, not findings."""
+Micro server models, 2 to 4 clients, 2 rounds: plumbing, not findings. `beta_sweep`,
+`unknown_classes` and `alpha_weights` are left out to keep the suite short (the first two
+pre-train extra micro caches, ~3 minutes together); their committed results in
+docs/experiments/ come from real runs of the same code."""
 
 import importlib
 import json
 
 import pytest
 
-SCRIPTS = ["alignment", "beta_sweep", "alpha_weights", "noniid", "three_modalities", "unknown_classes"]
+SCRIPTS = ["alignment", "noniid", "three_modalities"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
