@@ -32,7 +32,7 @@ def _synthetic_inputs(node: ClientNode, msg: Message, context: Context) -> torch
 
 @app.query("infer")
 def query_infer(msg: Message, context: Context) -> Message:
-    """Probabilities, entropies and projected embeddings on the synthetic inputs."""
+    """Probabilities, entropies and projected embeddings on the synthetic inputs, in `uplink-dtype`."""
     node = ClientNode.from_context(context)
     out = infer(node.model, _synthetic_inputs(node, msg, context))
     probs, entropy, embedding = out.probs, out.entropy, out.embedding
@@ -41,13 +41,15 @@ def query_infer(msg: Message, context: Context) -> Message:
         probs, entropy, embedding = privatize(
             probs, embedding, cfg.dp_clip, cfg.dp_noise_multiplier, np.random.default_rng()
         )
+    # privatize() and the model work in float32; only the upload is cast (float16 halves it)
+    dtype = np.dtype(cfg.uplink_dtype)
     content = RecordDict(
         {
             P.INFERENCE: ArrayRecord(
                 {
-                    P.PROBS: Array(probs),
-                    P.ENTROPY: Array(entropy),
-                    P.EMBEDDING: Array(embedding),
+                    P.PROBS: Array(np.ascontiguousarray(probs, dtype)),
+                    P.ENTROPY: Array(np.ascontiguousarray(entropy, dtype)),
+                    P.EMBEDDING: Array(np.ascontiguousarray(embedding, dtype)),
                 }
             ),
             P.CLIENT: node.describe(),

@@ -184,7 +184,7 @@ class Recorder:
                 n: (
                     strategy.clients[n][P.MODALITY],
                     strategy.clients[n][P.ARCHITECTURE],
-                    outcome.ok[n].content[P.INFERENCE][P.EMBEDDING].numpy()[kept],
+                    outcome.ok[n].content[P.INFERENCE][P.EMBEDDING].numpy()[kept].astype(np.float32),
                 )
                 for n in sorted(outcome.ok)
             }

@@ -134,6 +134,8 @@ class RunConfig(BaseModel):
     dp_noise_multiplier: float = Field(0.0, ge=0)
     dp_clip: float = Field(1.0, gt=0)
     dp_delta: float = Field(1e-5, gt=0, lt=1)
+    # -- communication: dtype of the query.infer arrays (float16 halves the uplink; validation.py)
+    uplink_dtype: Literal["float32", "float16"] = "float32"
 
     @field_validator("client_layout")
     @classmethod

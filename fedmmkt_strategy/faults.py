@@ -59,9 +59,15 @@ class ByzantineClientApp:
         server_round = int(msg.content[P.CONFIG][P.SERVER_ROUND])
         honest = reply.content[P.INFERENCE]
         rng = np.random.default_rng([self.seed, node, server_round])
-        probs, entropy, labels = confident_wrong_votes(honest[P.PROBS].numpy(), rng)
+        honest_probs = honest[P.PROBS].numpy()
+        probs, entropy, labels = confident_wrong_votes(honest_probs, rng)
+        dtype = honest_probs.dtype  # the run's uplink-dtype: the lie must pass the server's checks
         reply.content[P.INFERENCE] = ArrayRecord(
-            {P.PROBS: Array(probs), P.ENTROPY: Array(entropy), P.EMBEDDING: honest[P.EMBEDDING]}
+            {
+                P.PROBS: Array(probs.astype(dtype)),
+                P.ENTROPY: Array(entropy.astype(dtype)),
+                P.EMBEDDING: honest[P.EMBEDDING],
+            }
         )
         self.injected[(server_round, node)] = labels
         return reply

@@ -200,10 +200,8 @@ class FedMMKT(FederatedStrategy):
         }
         messages = self.send(P.QUERY_INFER, P.QUERY_INFER, server_round, contents)
         replies = grid.send_and_receive(messages, timeout=self.config.round_timeout)
-        n, d = len(self.pool), self.config.fusion_dim
-        outcome = self.receive(
-            P.QUERY_INFER, server_round, replies, lambda r: check_inference_reply(r, n, self.world.num_classes, d)
-        )
+        n, d, c, dtype = len(self.pool), self.config.fusion_dim, self.world.num_classes, self.config.uplink_dtype
+        outcome = self.receive(P.QUERY_INFER, server_round, replies, lambda r: check_inference_reply(r, n, c, d, dtype))
         for node in self.nodes:
             if node in outcome.ok:
                 self.node_pool_round[node] = server_round
@@ -222,7 +220,20 @@ class FedMMKT(FederatedStrategy):
         self.recorder.server(server_round, dp_epsilon_max=max(spent, default=0.0), dp_delta=self.config.dp_delta)
 
     def _stack(self, outcome: PhaseOutcome, key: str, nodes: Iterable[int]) -> np.ndarray:
-        return np.stack([outcome.ok[n].content[P.INFERENCE][key].numpy() for n in nodes])
+        """One inference array of every node, stacked [K, ...] as float32.
+
+        Replies may travel as float16 (`uplink-dtype`); LabVote, the fusion and its optimiser
+        work in float32, so the cast happens here, once. float16 probabilities are re-normalised
+        per row: rounding leaves their sums off by up to ~5e-4, and the voted soft labels sent
+        back must sum to one (docs/protocol.md).
+        """
+        stacked = np.stack([outcome.ok[n].content[P.INFERENCE][key].numpy() for n in nodes])
+        if stacked.dtype == np.float32:
+            return stacked
+        stacked = stacked.astype(np.float32)
+        if key == P.PROBS:
+            stacked /= np.maximum(stacked.sum(-1, keepdims=True), np.finfo(np.float32).tiny)
+        return stacked
 
     def vote(self, server_round: int, outcome: PhaseOutcome) -> VoteResult:
         """Step 3: LabVote over all clients of all modalities (or FedMD's plain average)."""

@@ -6,7 +6,10 @@ inputs: per row i, probabilities ``p_i`` [C] and a projected embedding ``r_i`` [
 (`privatize`) clips each row ``u_i = [p_i, r_i]`` to L2 norm `dp-clip` and adds Gaussian noise of
 standard deviation ``dp-noise-multiplier * dp-clip`` to every coordinate; the server only ever
 sees the noisy rows. Probabilities are then projected back onto the simplex, entropies
-recomputed from them, embeddings re-normalised: post-processing, free of privacy cost.
+recomputed from them, embeddings re-normalised: post-processing, free of privacy cost. With
+`uplink-dtype = "float16"` the ClientApp casts only the result (clipping and noise are computed
+in float64, returned as float32): rounding is post-processing too, and noise added in float16
+would be quantised to its coarse grid near 1.
 
 The guarantee, stated honestly. The unit protected is the client's *whole private dataset*
 (so every single sample a fortiori), against any replacement of it: the model is trained on

@@ -115,3 +115,26 @@ def test_ablation_switches(tmp_path, micro_run_config, models, switch):
     if switch == "use-labvote":
         assert server["discard_rate"] == 0.0
     assert ("gen_acc" in server) == (switch != "use-t2i-update")  # an unchanged T2I model is not re-scored
+
+
+def test_float16_uplink_halves_the_query_reply_and_the_round_completes(tmp_path, micro_run_config, models):
+    """uplink-dtype = float16: clients send half the inference bytes, the server accepts them,
+    votes and fuses in float32; every other message keeps its size."""
+    from fedmmkt_strategy import protocol as P
+
+    overrides = {"num-server-rounds": 1, "labvote-beta": 1.0, "t2i-steps-per-round": 0}
+    runs = {}
+    for dtype in ("float32", "float16"):
+        grid, metrics, _ = _run(
+            tmp_path / dtype, micro_run_config, models, "fedmmkt", **overrides, **{"uplink-dtype": dtype}
+        )
+        assert not metrics["failures"], metrics["failures"]
+        runs[dtype] = (grid, metrics["rounds"][-1])
+    up = {dtype: {c["node_id"]: c["bytes_up"] for c in last["clients"]} for dtype, (_, last) in runs.items()}
+    n, c, d = 48, 24, 128  # synthetic-size of MICRO_SERVER, toy classes, fusion-dim
+    assert all(up["float32"][node] - up["float16"][node] == n * (c + 1 + d) * 2 for node in up["float32"])
+    grid16, last16 = runs["float16"]
+    assert "fusion_ce" in last16["server"] and last16["server"]["kept"] > 0  # vote and fusion ran on float16
+    assert all("acc_global" in client for client in last16["clients"])  # distilled and evaluated
+    queries = [m for m in grid16.sent if m.metadata.message_type == P.QUERY_INFER]
+    assert len(queries) == 4 and all("synthetic" in ctx.state for ctx in grid16.contexts.values())

@@ -80,3 +80,78 @@ def test_reply_without_inference_or_client_record_is_rejected():
     query = Message(RecordDict(), dst_node_id=7, message_type=P.QUERY_INFER)
     query.metadata.__dict__["_message_id"] = "q"
     assert "missing ArrayRecord 'inference'" in check_inference_reply(Message(RecordDict(), reply_to=query), N, C, D)
+
+
+# -- uplink-dtype = "float16": exact dtype, float16 tolerances (validation.py)
+
+
+def _as(dtype, arrays: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    return {k: v.astype(dtype) for k, v in (arrays or _valid_arrays()).items()}
+
+
+def test_a_float16_reply_passes_when_the_run_uploads_float16():
+    assert check_inference_reply(_reply(_as(np.float16)), N, C, D, "float16") is None
+
+
+def test_honest_float16_rounding_at_paper_sizes_passes():
+    # 102 classes: rounding each probability to float16 moves a row sum by up to ~5e-4, and a
+    # near-uniform row's entropy sits at log C, where float16's spacing is ~4e-3
+    rng = np.random.default_rng(1)
+    n, c = 64, 102
+    p = np.vstack([np.full((1, c), 1 / c), rng.dirichlet(np.full(c, 0.3), n - 1)])
+    arrays = {
+        P.PROBS: p,
+        P.ENTROPY: -(p * np.log(np.clip(p, 1e-12, None))).sum(1),
+        P.EMBEDDING: rng.normal(size=(n, D)) / np.sqrt(D),
+    }
+    assert check_inference_reply(_reply(_as(np.float16, arrays)), n, c, D, "float16") is None
+
+
+@pytest.mark.parametrize(
+    ("dtype", "configured"), [(np.float16, "float32"), (np.float32, "float16"), (np.float64, "float32")]
+)
+def test_a_reply_in_another_dtype_than_configured_is_rejected(dtype, configured):
+    result = check_inference_reply(_reply(_as(dtype)), N, C, D, configured)
+    assert result is not None and "dtype" in result and f"expected {configured}" in result, result
+
+
+def test_mixed_dtypes_are_rejected():
+    arrays = {**_as(np.float16), P.EMBEDDING: _valid_arrays()[P.EMBEDDING]}  # float32 embedding
+    result = check_inference_reply(_reply(arrays), N, C, D, "float16")
+    assert result is not None and "embedding has dtype float32" in result, result
+
+
+F16_CORPUS = {
+    "nan probabilities": (_with(probs=np.where(np.eye(N, C, dtype=bool), np.nan, p)), "NaN or Inf"),
+    "overflow to inf": (_with(embedding=np.full((N, D), 1e5, np.float32)), "NaN or Inf"),  # > 65504
+    "sum 1.05": (_with(probs=p * 1.05), "sum to one"),
+    "negative probabilities": (_with(probs=np.tile(np.array([1.5, -0.5, 0, 0], np.float32), (N, 1))), "negative"),
+    "entropy above log C": (_with(entropy=np.full(N, math.log(C) + 0.05, np.float32)), "entropies outside"),
+    "wrong shape": (_with(entropy=np.zeros(N - 1, np.float32)), "shape"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(F16_CORPUS))
+def test_malformed_float16_reply_is_rejected_with_a_reason(name):
+    arrays, reason = F16_CORPUS[name]
+    with np.errstate(over="ignore"):
+        arrays = _as(np.float16, arrays)
+    result = check_inference_reply(_reply(arrays), N, C, D, "float16")
+    assert result is not None and reason in result, result
+
+
+def test_the_sum_tolerance_follows_the_dtype():
+    # |sum - 1| = 5e-3: within float16's 1e-2, beyond float32's 1e-3
+    loose = _with(probs=p * 1.005)
+    assert check_inference_reply(_reply(_as(np.float16, loose)), N, C, D, "float16") is None
+    result = check_inference_reply(_reply(_as(np.float32, loose)), N, C, D, "float32")
+    assert result is not None and "tolerance 0.001" in result, result
+
+
+def test_uplink_dtype_is_validated_by_the_run_config():
+    from fedmmkt_strategy.config import ConfigError, RunConfig
+
+    assert RunConfig.from_run_config({}).uplink_dtype == "float32"
+    assert RunConfig.from_run_config({"uplink-dtype": "float16"}).uplink_dtype == "float16"
+    with pytest.raises(ConfigError, match="uplink-dtype"):
+        RunConfig.from_run_config({"uplink-dtype": "bfloat16"})
