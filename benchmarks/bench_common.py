@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import tomllib
 
+from fedmmkt_strategy.portable_paths import portable
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -80,6 +82,7 @@ def write_result(name: str, result: dict[str, Any], quick: bool) -> Path:
     """Write ``benchmarks/results/<name>[-quick].json`` (quick runs never overwrite full ones)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}{'-quick' if quick else ''}.json"
-    path.write_text(json.dumps({"benchmark": name, "quick": quick, "machine": machine(), **result}, indent=2) + "\n")
+    text = json.dumps({"benchmark": name, "quick": quick, "machine": machine(), **result}, indent=2) + "\n"
+    path.write_text(portable(text))
     print(f"results written to {path}")
     return path

@@ -20,6 +20,8 @@ from typing import Any
 
 import matplotlib
 
+from fedmmkt_strategy.portable_paths import portable
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -247,7 +249,8 @@ def write_outputs(args: argparse.Namespace, name: str, results: dict[str, Any], 
     """``<out>/<name>.json`` (with the command's arguments) and ``<out>/<name>.png`` drawn by `plot(fig)`."""
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) for k, v in vars(args).items()}
-    (args.out / f"{name}.json").write_text(json.dumps({"args": settings, **results}, indent=2, default=float))
+    text = json.dumps({"args": settings, **results}, indent=2, default=float)
+    (args.out / f"{name}.json").write_text(portable(text))
     fig = plt.figure(figsize=(13, 4.5))
     plot(fig)
     fig.tight_layout()
