@@ -16,7 +16,7 @@ from client_app.node import ClientNode
 from client_app.synthetic_cache import cached_synthetic, update_synthetic_cache
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.privacy import privatize
-from task_models.training import DistillTargets, TrainSettings, evaluate_model, infer, train_model
+from task_models.training import DistillTargets, evaluate_model, infer, train_model
 
 torch.set_num_threads(1)  # simulated nodes share the machine's cores; one thread each avoids thrashing
 
@@ -52,7 +52,7 @@ def query_infer(msg: Message, context: Context) -> Message:
                     P.EMBEDDING: Array(np.ascontiguousarray(embedding, dtype)),
                 }
             ),
-            P.CLIENT: node.describe(),
+            P.CLIENT: node.describe(with_label_counts=bool(msg.content[P.CONFIG].get(P.SEND_LABEL_COUNTS, False))),
         }
     )
     return Message(content, reply_to=msg)
@@ -64,13 +64,19 @@ def _distill_targets(node: ClientNode, msg: Message, context: Context) -> Distil
     targets = msg.content[P.TARGETS]
     rows = torch.as_tensor(targets[P.INDICES].numpy()).long()
     cfg = node.config
+
+    def optional(key: str) -> torch.Tensor | None:
+        return torch.as_tensor(targets[key].numpy()).float() if key in targets else None
+
     return DistillTargets(
         inputs=_synthetic_inputs(node, msg, context)[rows],
-        soft_labels=torch.as_tensor(targets[P.SOFT_LABELS].numpy()).float() if P.SOFT_LABELS in targets else None,
-        fused=torch.as_tensor(targets[P.FUSED].numpy()).float() if P.FUSED in targets else None,
+        soft_labels=optional(P.SOFT_LABELS),
+        fused=optional(P.FUSED),
+        weights=optional(P.WEIGHTS),
         temperature=cfg.distill_temperature,
         lambda_kl=cfg.lambda_kl,
         lambda_rep=cfg.lambda_rep,
+        passes=cfg.distill_passes,
     )
 
 
@@ -82,7 +88,7 @@ def train_distill(msg: Message, context: Context) -> Message:
         node.load_arrays(msg.content[P.ARRAYS])
     cfg, server_round = node.config, int(msg.content[P.CONFIG][P.SERVER_ROUND])
     x, y = node.tensors("train")
-    settings = TrainSettings(epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size)
+    settings = node.train_settings(epochs=cfg.local_epochs)
     stats = train_model(
         node.model, x, y, settings, seed=cfg.seed * 1000 + server_round, distill=_distill_targets(node, msg, context)
     )
@@ -96,6 +102,8 @@ def train_distill(msg: Message, context: Context) -> Message:
                     "ce": stats["ce"],
                     "kl": stats["kl"],
                     "rep": stats["rep"],
+                    "synthetic-rows": int(stats["synthetic-rows"]),
+                    "synthetic-visits": int(stats["synthetic-visits"]),
                 }
             ),
             P.CLIENT: node.describe(),

@@ -9,22 +9,48 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from logging import INFO
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.common.logger import log
 
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
+from task_models.augment import augment
 from task_models.client_data import ClientData, load_client_data
 from task_models.layout import NodeRole
 from task_models.modality import to_model_input
 from task_models.models import TaskModel
 from task_models.node_config import resolve_role
 from task_models.registry import ModelSpec, build_task_model
-from task_models.training import TrainSettings, train_model
+from task_models.training import TrainSettings, fit_to_convergence
 from task_models.world import World
 
 MODEL_STATE = "model"
+#: Run-config keys a client's warm-up depends on (with the world spec and the node's role).
+WARMUP_KEYS = frozenset(
+    {
+        "seed",
+        "dirichlet-alpha",
+        "local-test-fraction",
+        "local-val-fraction",
+        "lr",
+        "batch-size",
+        "fusion-dim",
+        "client-warmup-epochs",
+        "client-warmup-patience",
+        "client-augment",
+        "client-pretrained",
+        "client-width-scale",
+        "text-tokenizer",
+    }
+)
+#: Warmed-up weights per `_warmup_key` in this process (in-process federations; a deployed
+#: SuperNode starts a process per message and keeps the model in `context.state` instead).
+_WARMED_UP: dict[tuple, dict[str, torch.Tensor]] = {}
+_WARMUP_CACHE_SIZE = 64
 
 
 @dataclass
@@ -51,6 +77,7 @@ class ClientNode:
             role.num_partitions,
             config.dirichlet_alpha,
             config.local_test_fraction,
+            config.local_val_fraction,
         )
         spec = ModelSpec(
             world.num_classes,
@@ -72,13 +99,56 @@ class ClientNode:
         return node
 
     def warm_up(self, context: Context) -> None:
-        """Train a fresh model on private data before its first use: clients join with a task model
-        of their own, so their first votes on synthetic data are informed, not uniform."""
-        settings = TrainSettings(
-            epochs=self.config.client_warmup_epochs, lr=self.config.lr, batch_size=self.config.batch_size
+        """Train a fresh model on private data to convergence before its first use (early stopping
+        on the node's own validation split): clients join with a task model of their own, trained
+        as far as their data allows, so `local` is a strong baseline and their first votes are
+        informed (ALGORITHM.md, "Roles and data").
+
+        The result depends only on the node's data, architecture and training keys, never on the
+        strategy, so a process that runs several federations (``fedmmkt compare``) trains each
+        distinct client once and every strategy starts from the same converged model."""
+        key = self._warmup_key()
+        if key in _WARMED_UP:
+            self.model.load_state_dict(_WARMED_UP[key])
+            self.save(context)
+            return
+        settings = self.train_settings()
+        fit = fit_to_convergence(
+            self.model,
+            self.tensors("train"),
+            self.tensors("val"),
+            settings,
+            seed=self.config.seed * 1000,
+            max_epochs=self.config.client_warmup_epochs,
+            patience=self.config.client_warmup_patience,
         )
-        train_model(self.model, *self.tensors("train"), settings, seed=self.config.seed * 1000)
+        log(
+            INFO,
+            "%s client %s: warm-up stopped after %d epochs (best %d, local-val accuracy %.3f)",
+            self.role.modality,
+            self.role.architecture,
+            fit["epochs"],
+            fit["best-epoch"],
+            fit["val-accuracy"],
+        )
+        if len(_WARMED_UP) >= _WARMUP_CACHE_SIZE:
+            _WARMED_UP.pop(next(iter(_WARMED_UP)))
+        _WARMED_UP[key] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.save(context)
+
+    def _warmup_key(self) -> tuple:
+        """Everything a warm-up depends on: the world, the node's role, and the client-training keys."""
+        run_config = self.config.as_run_config()
+        keys = tuple((k, run_config[k]) for k in sorted(run_config) if k in WARMUP_KEYS or k.startswith("hf-"))
+        return (self.config.world_spec, self.role, keys)
+
+    def train_settings(self, epochs: int = 1) -> TrainSettings:
+        """The node's optimiser settings; image nodes augment with blur, noise and flips when
+        ``client-augment = "blur-noise"`` (every strategy alike, `local` included)."""
+        augmenting = self.config.client_augment == "blur-noise" and self.role.modality == "image"
+        return TrainSettings(
+            epochs=epochs, lr=self.config.lr, batch_size=self.config.batch_size, augment=augment if augmenting else None
+        )
 
     def save(self, context: Context) -> None:
         context.state[MODEL_STATE] = ArrayRecord(self.model.state_dict())
@@ -86,8 +156,11 @@ class ClientNode:
     def load_arrays(self, arrays: ArrayRecord) -> None:
         self.model.load_state_dict(arrays.to_torch_state_dict())
 
-    def describe(self) -> ConfigRecord:
-        return ConfigRecord(
+    def describe(self, with_label_counts: bool = False) -> ConfigRecord:
+        """What this node runs; with `with_label_counts`, also how many private training examples of
+        each class it holds (asked for once by class-aware LabVote; docs/protocol.md says what that
+        reveals)."""
+        record = ConfigRecord(
             {
                 P.MODALITY: self.role.modality,
                 P.ARCHITECTURE: self.role.architecture,
@@ -96,10 +169,16 @@ class ClientNode:
                 P.PARTITION_ID: self.partition_id,
             }
         )
+        if with_label_counts:
+            counts = np.bincount(self.data.train.labels, minlength=self.world.num_classes)
+            record[P.LABEL_COUNTS] = [int(n) for n in counts]
+        return record
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model inputs and labels of 'train', 'test' or 'global_test'."""
+        """Model inputs and labels of 'train', 'val', 'test' or 'global_test'."""
         part = getattr(self.data, split)
+        if len(part) == 0:  # an empty split (no validation rows): empty tensors of no particular shape
+            return torch.zeros(0), torch.zeros(0, dtype=torch.long)
         return self.model_input(part.inputs), torch.as_tensor(part.labels)
 
     def model_input(self, raw) -> torch.Tensor:

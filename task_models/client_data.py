@@ -1,4 +1,4 @@
-"""A client's private data: its Dirichlet partition of its modality's pool, split train/test.
+"""A client's private data: its Dirichlet partition of its modality's pool, split train/val/test.
 
 The partition is computed with flwr-datasets' `DirichletPartitioner` (label skew, alpha from
 the run config) on the locally regenerated pool, so private samples are never sent anywhere:
@@ -31,9 +31,12 @@ class LabelledInputs:
 
 @dataclass(frozen=True)
 class ClientData:
-    """A client's local train and test splits, and the global balanced test set of its modality."""
+    """A client's local train, validation and test splits, and the global balanced test set of its
+    modality. The validation split (possibly empty) is the client's own, for early stopping and
+    any other choice a client makes without looking at a global test set."""
 
     train: LabelledInputs
+    val: LabelledInputs
     test: LabelledInputs
     global_test: LabelledInputs
 
@@ -59,10 +62,13 @@ def load_client_data(
     num_partitions: int,
     alpha: float,
     test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
 ) -> ClientData:
     """Partition `modality`'s pool with Dirichlet(alpha) and return this client's share.
 
-    `spec` is a toy `DomainSpec`, a paper `PaperDataSpec` or an already built `World`.
+    `spec` is a toy `DomainSpec`, a paper `PaperDataSpec` or an already built `World`. The local
+    test split is `test_fraction` of the partition (the same rows whatever `val_fraction` is); the
+    validation split is `val_fraction` of the partition, taken from the rest.
     """
     world = spec if isinstance(spec, World) else build_world(spec)
     pool = world.load_split(splits.pool_split(modality))
@@ -75,9 +81,15 @@ def load_client_data(
     )
     partitioner.dataset = pool
     part = partitioner.load_partition(partition).train_test_split(test_size=test_fraction, seed=world.spec.seed)
+    train, val = part["train"], part["train"].select([])
+    val_rows = int(round(val_fraction * (len(part["train"]) + len(part["test"]))))
+    if 0 < val_rows < len(train):
+        split = train.train_test_split(test_size=val_rows, seed=world.spec.seed + 1)
+        train, val = split["train"], split["test"]
     global_test = world.load_split(splits.test_split(modality))
     return ClientData(
-        train=_as_inputs(part["train"].with_format("numpy")[:], modality, all_captions=True),
+        train=_as_inputs(train.with_format("numpy")[:], modality, all_captions=True),
+        val=_as_inputs(val.with_format("numpy")[:], modality, all_captions=False),
         test=_as_inputs(part["test"].with_format("numpy")[:], modality, all_captions=False),
         global_test=_as_inputs(global_test.with_format("numpy")[:], modality, all_captions=False),
     )

@@ -21,6 +21,7 @@ TINY = {
     "pool-size": 480,
     "test-per-class": 2,
     "local-epochs": 1,
+    "client-warmup-epochs": 2,
     "node-settle": 0.0,
     "num-server-rounds": 2,
 }
@@ -132,3 +133,22 @@ def test_below_the_reply_quorum_the_run_fails_with_a_reason(tmp_path):
     grid.silent.update({101, 102, 103})
     with pytest.raises(QuorumError, match="only 1 of 4 nodes replied"):
         _run(tmp_path, "local", grid=grid)
+
+
+def test_a_process_warms_each_distinct_client_up_once(monkeypatch):
+    """Two federations of the same clients in one process (fedmmkt compare): the second starts from
+    the first one's converged models instead of training them again; another seed trains anew."""
+    import client_app.node as node_module
+
+    calls = []
+    original = node_module.fit_to_convergence
+    monkeypatch.setattr(node_module, "_WARMED_UP", {})
+    monkeypatch.setattr(node_module, "fit_to_convergence", lambda *a, **k: calls.append(1) or original(*a, **k))
+    states = []
+    for run_config in (TINY, {**TINY, "strategy": "fedavg"}, {**TINY, "seed": 3}):
+        grid = InProcessGrid(client_app, run_config, 4)
+        _message(grid, 100, P.QUERY_INFER, _synthetic())
+        states.append(grid.contexts[100].state["model"].to_torch_state_dict())
+    assert len(calls) == 2
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])

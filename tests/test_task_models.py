@@ -10,7 +10,10 @@ from task_models.training import (
     TrainSettings,
     distillation_loss,
     evaluate_model,
+    fit_to_convergence,
     infer,
+    soften,
+    synthetic_schedule,
     train_model,
 )
 
@@ -113,15 +116,107 @@ def test_distillation_loss_by_hand():
     logits = torch.zeros(2, 2)  # uniform student at any temperature
     q = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
     projected = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    fused = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # cos = 1 and 0 -> rep loss mean 0.5
+    fused = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # cos = 1 and 0 -> rep loss 0 and 1
     targets = DistillTargets(
         inputs=torch.zeros(2), soft_labels=q, fused=fused, temperature=2.0, lambda_kl=1.0, lambda_rep=0.5
     )
-    loss, parts = distillation_loss(logits, projected, targets, torch.tensor([0, 1]))
-    kl = (np.log(2) + 0.0) / 2 * 4  # KL([1,0] || u) = log 2, KL(u || u) = 0; batch mean; times T^2
-    assert parts["kl"] == pytest.approx(kl, rel=1e-5)
+    rows, parts = distillation_loss(logits, projected, targets, torch.tensor([0, 1]))
+    # softened teacher of [1, 0] is still [1, 0] (1e-12 ** 0.5 = 1e-6, negligible), of [.5, .5] uniform:
+    # KL = log 2 and 0, times T^2 = 4
+    kl = torch.tensor([4 * np.log(2), 0.0])
+    assert parts["kl"] == pytest.approx(float(kl.mean()), rel=1e-4)
     assert parts["rep"] == pytest.approx(0.5)
-    assert float(loss) == pytest.approx(kl + 0.25, rel=1e-5)
+    np.testing.assert_allclose(rows.numpy(), (kl + 0.5 * torch.tensor([0.0, 1.0])).numpy(), rtol=1e-4)
+
+
+def test_row_weights_scale_each_rows_distillation_loss():
+    logits, projected = torch.zeros(2, 3), torch.nn.functional.normalize(torch.ones(2, 4), dim=-1)
+    q = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8]])
+    plain = DistillTargets(inputs=torch.zeros(2), soft_labels=q)
+    weighted = DistillTargets(inputs=torch.zeros(2), soft_labels=q, weights=torch.tensor([0.5, 0.0]))
+    index = torch.tensor([0, 1])
+    np.testing.assert_allclose(
+        distillation_loss(logits, projected, weighted, index)[0].numpy(),
+        (distillation_loss(logits, projected, plain, index)[0] * torch.tensor([0.5, 0.0])).numpy(),
+    )
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_converged_student_equals_the_teacher(temperature):
+    """The student's optimum is the vote itself, not a sharpened q^T / Z (the T^2 KL at T != 1 with
+    an unsoftened teacher converges to (.658, .237, .105) for q = (.5, .3, .2) at T = 2)."""
+    q = torch.tensor([[0.5, 0.3, 0.2], [0.05, 0.9, 0.05]])
+    logits = torch.zeros(2, 3, requires_grad=True)
+    targets = DistillTargets(inputs=torch.zeros(2), soft_labels=q, temperature=temperature)
+    optimiser = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(2000):
+        optimiser.zero_grad()
+        distillation_loss(logits, torch.zeros(2, 1), targets, torch.tensor([0, 1]))[0].sum().backward()
+        optimiser.step()
+    np.testing.assert_allclose(logits.detach().softmax(-1).numpy(), q.numpy(), atol=2e-3)
+
+
+def test_soften_is_the_tempered_distribution():
+    q = torch.tensor([[0.5, 0.3, 0.2]])
+    expected = q**0.5 / (q**0.5).sum()
+    np.testing.assert_allclose(soften(q, 2.0).numpy(), expected.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(soften(q, 1.0).numpy(), q.numpy(), rtol=1e-6)
+
+
+def test_each_synthetic_row_is_visited_the_configured_number_of_times():
+    generator = torch.Generator().manual_seed(0)
+    schedule = synthetic_schedule(30, 2.0, 7, generator)
+    assert len(schedule) == 7
+    visits = torch.bincount(torch.cat(schedule), minlength=30)
+    assert torch.all(visits == 2)
+    assert max(len(s) for s in schedule) - min(len(s) for s in schedule) <= 1
+    half = torch.cat(synthetic_schedule(30, 0.5, 4, generator))
+    assert len(half) == 15 and len(set(half.tolist())) == 15
+    assert all(len(s) == 0 for s in synthetic_schedule(30, 0.0, 3, generator))
+
+
+def test_the_synthetic_budget_does_not_depend_on_the_private_set_size():
+    """26 kept rows with a large private set used to be replayed tens of times per round (one
+    synthetic batch of 64 per private batch); now each row is visited `passes` times."""
+    model = registry.build_task_model("bow", SPEC, seed=0)
+    x_priv, y_priv = _inputs("text", 640), torch.zeros(640, dtype=torch.long)
+    syn = _inputs("text", 26)
+    targets = DistillTargets(inputs=syn, soft_labels=torch.full((26, 24), 1 / 24), passes=2.0)
+    stats = train_model(model, x_priv, y_priv, TrainSettings(epochs=3, batch_size=64), seed=0, distill=targets)
+    assert stats["steps"] == 30 and stats["synthetic-visits"] == 52
+
+
+def test_batchnorm_statistics_come_from_one_mostly_private_batch():
+    """Private and synthetic rows go through one forward: BatchNorm's running mean ends close to the
+    private data's, not halfway to the synthetic set's (separate forwards gave each half a say)."""
+    torch.manual_seed(0)
+    model = registry.build_task_model("cnn-small", SPEC, seed=0)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.momentum = None  # cumulative average: the mean of every batch's statistics
+    x_priv = torch.full((256, 3, 32, 32), -0.5) + 0.01 * torch.randn(256, 3, 32, 32)
+    y_priv = torch.zeros(256, dtype=torch.long)
+    syn = torch.full((32, 3, 32, 32), 0.9)
+    targets = DistillTargets(inputs=syn, soft_labels=torch.full((32, 24), 1 / 24), passes=1.0)
+    train_model(model, x_priv, y_priv, TrainSettings(epochs=1, lr=0.0, batch_size=64), seed=0, distill=targets)
+    with torch.no_grad():
+        conv = model.backbone.features[0]
+        private_mean = conv(x_priv[:64]).mean((0, 2, 3))
+        synthetic_mean = conv(syn).mean((0, 2, 3))
+    share = ((bn.running_mean - private_mean) / (synthetic_mean - private_mean)).median()
+    assert share == pytest.approx(32 / (256 + 32), abs=0.03)
+
+
+def test_fit_to_convergence_stops_early_and_keeps_the_best_epoch():
+    labels = torch.arange(96) % 24
+    x = to_model_input("image", domain.generate(labels.numpy(), 0).images)
+    val_labels = torch.arange(48) % 24
+    x_val = to_model_input("image", domain.generate(val_labels.numpy(), 1).images)
+    model = registry.build_task_model("cnn-small", SPEC, seed=0)
+    stats = fit_to_convergence(
+        model, (x, labels), (x_val, val_labels), TrainSettings(lr=5e-3, batch_size=32), 0, max_epochs=60, patience=3
+    )
+    assert stats["epochs"] < 60 and stats["epochs"] - stats["best-epoch"] == 3
+    assert evaluate_model(model, x_val, val_labels)["accuracy"] == pytest.approx(stats["val-accuracy"])
 
 
 def test_distillation_pulls_predictions_towards_soft_labels():
@@ -131,6 +226,20 @@ def test_distillation_pulls_predictions_towards_soft_labels():
     syn = to_model_input("text", ["a blue flower with eight petals"] * 16)
     q = torch.zeros(16, 24)
     q[:, 5] = 1.0
-    targets = DistillTargets(inputs=syn, soft_labels=q, lambda_kl=5.0)
+    targets = DistillTargets(inputs=syn, soft_labels=q, lambda_kl=5.0, passes=20.0)
     train_model(model, x_priv, y_priv, TrainSettings(epochs=20, lr=1e-2, batch_size=16), seed=0, distill=targets)
     assert infer(model, syn).probs[:, 5].mean() > 0.5
+
+
+def test_augmentation_sees_every_batch_private_and_synthetic_rows_together():
+    seen = []
+
+    def spy(batch, generator):
+        seen.append(len(batch))
+        return batch
+
+    model = registry.build_task_model("cnn-small", SPEC, seed=0)
+    x, y = _inputs("image", 40), torch.zeros(40, dtype=torch.long)
+    targets = DistillTargets(inputs=_inputs("image", 10), soft_labels=torch.full((10, 24), 1 / 24), passes=1.0)
+    train_model(model, x, y, TrainSettings(epochs=1, batch_size=16, augment=spy), seed=0, distill=targets)
+    assert seen == [16 + 4, 16 + 3, 8 + 3]

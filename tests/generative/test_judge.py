@@ -5,15 +5,16 @@ import torch
 
 from fedmmkt_strategy.generative import judge as jdg
 from task_models import domain
+from task_models.augment import augment, gaussian_blur
 
 
 def test_augmentation_blurs_is_seeded_and_keeps_shape(reference):
     images, _ = reference
     x = jdg.to_judge_input(images[:32])
-    a = jdg.augment(x, torch.Generator().manual_seed(0))
+    a = augment(x, torch.Generator().manual_seed(0))
     assert a.shape == x.shape
-    assert torch.equal(a, jdg.augment(x, torch.Generator().manual_seed(0)))
-    blurred = jdg._gaussian_blur(x, torch.full((32,), 1.3))
+    assert torch.equal(a, augment(x, torch.Generator().manual_seed(0)))
+    blurred = gaussian_blur(x, torch.full((32,), 1.3))
     high_freq = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean()  # noqa: E731
     assert high_freq(blurred) < 0.6 * high_freq(x)
 
