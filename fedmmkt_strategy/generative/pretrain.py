@@ -60,9 +60,9 @@ class PretrainSpec:
     judge_epochs: int = 60
     vae_steps: int = 400
     vae_lr: float = 1e-3
-    t2i_steps: int = 1100
+    t2i_steps: int = 2200
     t2i_lr: float = 1e-3
-    captioner_steps: int = 1600
+    captioner_steps: int = 3600
     captioner_lr: float = 5e-4
     eval_per_class: int = 10
     eval_steps: int = 25
@@ -300,9 +300,11 @@ def _short(meta: dict[str, Any]) -> str:
 BUDGET_FLAGS = ("judge_epochs", "vae_steps", "t2i_steps", "captioner_steps", "eval_per_class", "seed")
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[PretrainSpec, argparse.Namespace]:
-    """The spec and options of ``fedmmkt pretrain``; every budget flag defaults to `PretrainSpec`'s."""
-    defaults = PretrainSpec()
+def parse_args(
+    argv: list[str] | None = None, defaults: PretrainSpec = PretrainSpec()
+) -> tuple[PretrainSpec, argparse.Namespace]:
+    """The spec and options of ``fedmmkt pretrain``; every budget flag defaults to `defaults`' value
+    (the spec the project's run config asks for, when called by the ``fedmmkt`` command)."""
     parser = argparse.ArgumentParser(
         prog="fedmmkt pretrain",
         description="Build the toy world's server models (judge, T2I, captioner) into the cache.",
@@ -310,15 +312,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[PretrainSpec, argparse.Na
     parser.add_argument("--cache-dir", type=Path, default=None, help=f"cache root ({default_cache_root()})")
     parser.add_argument("--force", action="store_true", help="discard this spec's cached models and retrain")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--run-config", default="", help="run-config overrides whose server models to build, e.g. 'pretrain-seed=1'"
+    )
     for field in BUDGET_FLAGS:
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
     args = parser.parse_args(argv)
     return dataclasses.replace(defaults, **{f: getattr(args, f) for f in BUDGET_FLAGS}), args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, defaults: PretrainSpec = PretrainSpec()) -> int:
     """``fedmmkt pretrain``: build the toy world's server models into the cache and print the report."""
-    spec, args = parse_args(argv)
+    spec, args = parse_args(argv, defaults)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.force:
         shutil.rmtree((args.cache_dir or default_cache_root()) / spec.key(), ignore_errors=True)

@@ -199,3 +199,19 @@ def refresh(
     for j, i in enumerate(chosen):
         captions[i], all_prompts[i] = new_captions[j], prompts[j]
     return replace(pool, images=images, captions=captions, prompts=all_prompts, generation_round=rounds)
+
+
+def finetune_prompts(
+    pool: SyntheticPool, rows: np.ndarray, labels: np.ndarray, seed: int, prompt_fn: PromptFn = prompts_for_classes
+) -> list[str]:
+    """The conditioning of step 5's pairs, in the format generation uses: a sample whose label is
+    its prompt class keeps the prompt it was rendered from; a relabelled one (LabVote's correction)
+    gets a fresh prompt of its voted class from the same `prompt_fn`.
+
+    Captions are not appended: a prompt format the model never meets when sampling teaches it
+    nothing it can use (ALGORITHM.md, step 5).
+    """
+    rows, labels = np.asarray(rows), np.asarray(labels)
+    relabelled = labels != pool.classes[rows]
+    fresh = iter(prompt_fn(labels[relabelled], seed))
+    return [next(fresh) if changed else pool.prompts[i] for i, changed in zip(rows, relabelled)]

@@ -3,8 +3,8 @@
 The toy world's tiny latent model and real Stable Diffusion are the same class, loaded and
 trained by the same functions; only the folder or hub id differs (ALGORITHM.md, "Two worlds").
 Training is the standard diffusers text-to-image loop (VAE posterior sample times the scaling
-factor, DDPM noise, epsilon or v MSE), shared by pre-training from scratch and by the per-round
-fine-tuning of step 5, which weights each sample by its vote confidence.
+factor, DDPM noise, epsilon or v MSE); its loss and trainable-parameter selection are shared by
+pre-training from scratch (here) and by the per-round fine-tuning of step 5 (`finetune.py`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ SCHEDULE = dict(
 )
 LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 LORA_ADAPTER = "fedmmkt"
-#: Above this many UNet parameters `finetune_denoiser` trains LoRA adapters by default.
+#: Above this many UNet parameters step 5 (`finetune.py`) trains LoRA adapters by default.
 LORA_AUTO_THRESHOLD = 50_000_000
 
 
@@ -326,69 +326,6 @@ def pretrain_denoiser(
         progress=progress,
     )
     return float(np.mean(losses[-max(1, steps // 10) :]))
-
-
-def finetune_denoiser(
-    pipe: StableDiffusionPipeline,
-    images_uint8: np.ndarray,
-    captions: Sequence[str],
-    *,
-    weights: np.ndarray | None = None,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    caption_dropout: float = 0.1,
-    train_text_encoder: bool = False,
-    use_lora: bool | None = None,
-    lora_rank: int = 8,
-    progress: bool = False,
-) -> float:
-    """Step 5 of a round: fine-tune `G` on (image, caption) pairs weighted by vote confidence.
-
-    Parameters
-    ----------
-    images_uint8, captions
-        Aligned pairs; images at the pipeline's resolution, uint8 [N, H, W, 3].
-    weights
-        Per-sample loss weights (the vote confidence ``max q_i``); ``None`` means all 1. The
-        loss is ``mean(w * mse)``, so low-confidence batches also move the model less.
-    caption_dropout
-        Share of captions replaced by ``""`` so classifier-free guidance keeps working.
-    train_text_encoder
-        Also update the text encoder (full weights); by default only the denoiser learns.
-    use_lora, lora_rank
-        Train rank-`lora_rank` LoRA adapters on the attention projections instead of the
-        UNet's weights. ``None`` picks LoRA for large UNets (Stable Diffusion), full weights for
-        the tiny one. The adapter stays attached (and is trained further in later rounds);
-        `merge_lora` folds it in before saving.
-
-    Returns
-    -------
-    float
-        Mean weighted loss over the steps. The pipeline is left in eval mode.
-    """
-    if use_lora is None:
-        use_lora = sum(p.numel() for p in pipe.unet.parameters()) > LORA_AUTO_THRESHOLD
-    losses = _train_denoiser(
-        pipe,
-        images_uint8,
-        np.arange(len(images_uint8)),
-        list(captions),
-        weights=weights,
-        steps=steps,
-        lr=lr,
-        batch_size=batch_size,
-        warmup_steps=0,
-        ema_decay=None,
-        caption_dropout=caption_dropout,
-        train_text_encoder=train_text_encoder,
-        use_lora=use_lora,
-        lora_rank=lora_rank,
-        seed=seed,
-        progress=progress,
-    )
-    return float(np.mean(losses))
 
 
 def merge_lora(pipe: StableDiffusionPipeline) -> StableDiffusionPipeline:

@@ -9,9 +9,10 @@ import torch
 from fedmmkt_strategy.generative import standard_metrics
 from fedmmkt_strategy.generative.captioner import caption_images, load_captioner, save_captioner
 from fedmmkt_strategy.generative.device import resolve_device, resolve_dtype
+from fedmmkt_strategy.generative.finetune import finetune_denoiser
 from fedmmkt_strategy.generative.memory import fit_batch_size
 from fedmmkt_strategy.generative.quality import resize_images
-from fedmmkt_strategy.generative.t2i import finetune_denoiser, generate_images, load_pipeline
+from fedmmkt_strategy.generative.t2i import generate_images, load_pipeline
 from fedmmkt_strategy.paper_standins import build_blip, build_sd_pipeline, save_clip, save_word_tokenizer
 from task_models.registry import ModelSpec, build_task_model
 

@@ -83,3 +83,18 @@ def test_command_line_flags_set_the_budgets():
     assert (spec.t2i_steps, spec.vae_steps) == (7, 3)
     assert spec.captioner_steps == pretrain.PretrainSpec().captioner_steps
     assert args.force and args.cache_dir == Path("/x")
+
+
+def test_the_pretrain_command_builds_the_spec_a_run_config_asks_for(monkeypatch):
+    """`fedmmkt pretrain --run-config 'pretrain-seed=1 ...'` builds another world's server models."""
+    from fedmmkt_strategy import cli
+    from fedmmkt_strategy.config import RunConfig
+    from fedmmkt_strategy.server_models import pretrain_spec
+
+    built = []
+    monkeypatch.setattr(pretrain, "ensure_pretrained", lambda spec, *a, **k: built.append(spec) or 1 / 0)
+    overrides = "pretrain-seed=1 caption-partial-rate=0.5"
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["pretrain", "--run-config", overrides, "--t2i-steps", "7"])
+    expected = pretrain_spec(RunConfig.from_run_config({"pretrain-seed": 1, "caption-partial-rate": 0.5}))
+    assert built[0].domain == expected.domain and built[0].seed == 1 and built[0].t2i_steps == 7

@@ -6,6 +6,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from fedmmkt_strategy.generative import t2i
+from fedmmkt_strategy.generative.finetune import finetune_denoiser
 from task_models.domain import class_prompt
 
 PROMPTS = [class_prompt(0), class_prompt(7), class_prompt(13), class_prompt(23)]
@@ -57,8 +58,8 @@ def test_finetune_weights_scale_the_loss(pipe, public):
     images, _, captions = public
     kwargs = dict(steps=2, lr=0.0, batch_size=8, seed=3)
     pairs = images[:16], [c[0] for c in captions[:16]]
-    plain = t2i.finetune_denoiser(pipe, *pairs, **kwargs)
-    doubled = t2i.finetune_denoiser(pipe, *pairs, weights=np.full(16, 2.0), **kwargs)
+    plain = finetune_denoiser(pipe, *pairs, **kwargs)
+    doubled = finetune_denoiser(pipe, *pairs, weights=np.full(16, 2.0), **kwargs)
     assert doubled == pytest.approx(2 * plain, rel=1e-5)
 
 
@@ -68,10 +69,10 @@ def test_finetune_learns_and_touches_only_the_denoiser(pipe, public):
     vae, text_encoder, unet = _state(pipe.vae), _state(pipe.text_encoder), _state(pipe.unet)
 
     def probe() -> float:  # lr 0: the loss on fixed noise draws, without changing anything
-        return t2i.finetune_denoiser(pipe, *pairs, steps=4, lr=0.0, batch_size=32, seed=9)
+        return finetune_denoiser(pipe, *pairs, steps=4, lr=0.0, batch_size=32, seed=9)
 
     before = probe()
-    t2i.finetune_denoiser(pipe, *pairs, steps=25, lr=2e-3, batch_size=16, seed=0)
+    finetune_denoiser(pipe, *pairs, steps=25, lr=2e-3, batch_size=16, seed=0)
     assert probe() < 0.8 * before
     assert _same(vae, _state(pipe.vae)) and _same(text_encoder, _state(pipe.text_encoder))
     assert not _same(unet, _state(pipe.unet))
@@ -82,7 +83,7 @@ def test_lora_trains_adapters_only_and_merges_for_saving(pipe, public, tmp_path)
     images, _, captions = public
     base = _state(pipe.unet)
     before = _generate(pipe)
-    t2i.finetune_denoiser(
+    finetune_denoiser(
         pipe,
         images[:16],
         [c[0] for c in captions[:16]],
