@@ -39,8 +39,9 @@ from tests.flower_cli import BIN, flower_env, free_port, start, stop, wait_for_p
 #: The test suite's micro server models and tiny federation (tests/conftest.py), as overrides.
 MICRO = (
     "pretrain-judge-epochs=1 pretrain-vae-steps=10 pretrain-t2i-steps=10 pretrain-captioner-steps=10 "
-    "pretrain-eval-per-class=1 synthetic-size=48 sampling-steps=2 t2i-eval-per-class=1 t2i-steps-per-round=2 "
-    "fusion-steps=3 num-server-rounds=2 pool-size=480 test-per-class=2 local-epochs=1 client-warmup-epochs=1 "
+    "pretrain-eval-per-class=1 synthetic-size=48 sampling-steps=2 t2i-eval-per-class=1 t2i-final-eval-per-class=1 "
+    "t2i-steps-per-round=2 fusion-steps=3 num-server-rounds=2 pool-size=480 test-per-class=2 local-epochs=1 "
+    "client-warmup-epochs=1 "
     "node-settle=0.5 client-layout='image:cnn-small,text:bow'"
 )
 QUICK_COMPARE = "local,fedmmkt"

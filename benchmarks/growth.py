@@ -44,6 +44,7 @@ COMMON = {
     "client-layout": "image:cnn-small,text:bow",
     "t2i-eval-every": 0,
     "t2i-eval-per-class": 1,
+    "t2i-final-eval-per-class": 1,
     "test-per-class": 5,
     "node-settle": 0.0,
     "num-server-rounds": 2,

@@ -46,6 +46,7 @@ QUICK: dict[str, Any] = {
     "synthetic-size": 48,
     "sampling-steps": 2,
     "t2i-eval-per-class": 1,
+    "t2i-final-eval-per-class": 1,
     "t2i-steps-per-round": 2,
     "fusion-steps": 3,
     "client-layout": "image:cnn,text:bow,image:cnn-small,text:gru",

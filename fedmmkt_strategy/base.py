@@ -163,6 +163,9 @@ class FederatedStrategy(Strategy):
         for node, reply in outcome.ok.items():
             metrics = reply.content.metric_records[P.METRICS]
             self.recorder.client(server_round, node, train_loss=float(metrics[P.TRAIN_LOSS]))
+            for key in ("kl", "synthetic-visits"):  # optional distillation figures
+                if isinstance(metrics.get(key), (int, float)):
+                    self.recorder.client(server_round, node, **{key.replace("-", "_"): float(metrics[key])})
             losses.append(float(metrics[P.TRAIN_LOSS]))
         self.after_train(server_round, outcome)
         return None, MetricRecord({"train-loss-mean": sum(losses) / len(losses), "clients": len(losses)})

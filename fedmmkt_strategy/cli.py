@@ -30,6 +30,21 @@ def _project_defaults() -> dict:
     return tomllib.loads(pyproject.read_text()).get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
 
 
+def pretrain_command(argv: list[str]) -> int:
+    """``fedmmkt pretrain``: build the server models the project's run config (plus ``--run-config``
+    overrides, e.g. another world's ``pretrain-seed``) asks for; budget flags override it."""
+    from fedmmkt_strategy.config import RunConfig
+    from fedmmkt_strategy.generative.pretrain import main as pretrain_main
+    from fedmmkt_strategy.server_models import pretrain_spec
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--run-config", default="")
+    known, _ = parser.parse_known_args(argv)
+    overrides = parse_config_args([known.run_config]) if known.run_config else {}
+    config = RunConfig.from_run_config({**_project_defaults(), **overrides})
+    return pretrain_main(argv, pretrain_spec(config))
+
+
 def compare_main(argv: list[str]) -> int:
     from fedmmkt_strategy.compare import PRESETS, compare
 
@@ -118,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "pretrain":
-        from fedmmkt_strategy.generative.pretrain import main as pretrain_main
-
-        return pretrain_main(rest)
+        return pretrain_command(rest)
     if command == "compare":
         return compare_main(rest)
     if command == "deploy":

@@ -32,21 +32,29 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "fedmmkt-no-cross-attention": {"strategy": "fedmmkt", "use-cross-attention": False},
     "fedmmkt-no-t2i-update": {"strategy": "fedmmkt", "use-t2i-update": False},
 }
-#: FedMMKT with the settings that worked best on the toy world in a one-seed search
-#: (docs/results/README.md): votes count up to normalised entropy 0.8 instead of 0.5, the prompt
-#: class takes half of the voted label, the T2I model is fine-tuned on the most confident third
-#: of the kept samples at a lower learning rate, and the KL term is halved.
-TUNED = {
-    "fedmmkt-tuned": {
+#: Same-architecture clients, so `fedavg` actually averages on both modalities (in the default
+#: layout every image client has its own architecture, and `fedavg` is `local` there).
+HOMOGENEOUS_LAYOUT = "image:cnn,image:cnn,image:cnn,image:cnn,text:gru,text:gru,text:gru,text:gru"
+#: Named variants beyond the strategies: the paper's exact LabVote (every vote under the entropy
+#: threshold counts, weighted by 1 - h, labels from the votes alone), the homogeneous-layout
+#: references, and the ablations of `fedmmkt`.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fedmmkt-paper": {
         "strategy": "fedmmkt",
-        "labvote-beta": 0.8,
-        "labvote-prompt-mix": 0.5,
-        "t2i-update-fraction": 0.33,
-        "lambda-kl": 0.5,
-        "t2i-lr": 3e-5,
-    }
+        "labvote-class-weights": "none",
+        "labvote-prompt-mix": 0.0,
+        "t2i-pairs": "voted",
+    },
+    "local-homogeneous": {"strategy": "local", "client-layout": HOMOGENEOUS_LAYOUT},
+    "fedavg-homogeneous": {"strategy": "fedavg", "client-layout": HOMOGENEOUS_LAYOUT},
+    **ABLATIONS,
 }
-BASELINES = ["local", "fedavg", "fedmd", "creamfl", "self-ft", "fedmmkt"]
+BASELINES = ["local", "fedavg", "fedmd", "creamfl", "self-ft", "fedmmkt-paper", "fedmmkt"]
+#: The second toy world of the committed comparison (docs/results/full-world2): other client pools
+#: and test sets (world seeds 10-12 in place of 0-2), another public split with other confused
+#: classes and its own pre-trained server models (pretrain-seed 1), more ambiguous captions (half
+#: of them partial instead of 40 %) and another label skew.
+WORLD2 = {"pretrain-seed": 1, "dirichlet-alpha": 0.2, "caption-partial-rate": 0.5}
 
 
 @dataclass(frozen=True)
@@ -59,89 +67,145 @@ class Preset:
     num_nodes: int = 8
 
 
+FULL = BASELINES + ["local-homogeneous", "fedavg-homogeneous"] + list(ABLATIONS)
 PRESETS: dict[str, Preset] = {
     # a few minutes: every strategy once, small synthetic set, two rounds
     "smoke": Preset(
         BASELINES,
         [0],
-        {"num-server-rounds": 2, "synthetic-size": 96, "t2i-eval-per-class": 2, "pool-size": 2000},
-    ),
-    # the committed comparison (docs/results): every strategy, the tuned FedMMKT, three seeds,
-    # smoke sizes but GenAcc on 4 images per class; about 30 minutes on 2 cores
-    "table": Preset(
-        BASELINES + list(TUNED),
-        [0, 1, 2],
         {
             "num-server-rounds": 2,
             "synthetic-size": 96,
-            "t2i-eval-per-class": 4,
+            "t2i-eval-per-class": 2,
+            "t2i-final-eval-per-class": 4,
             "pool-size": 2000,
-            "checkpoint": False,
         },
     ),
-    # the real comparison: every strategy and ablation, three seeds, default sizes
-    "full": Preset(BASELINES + list(TUNED) + list(ABLATIONS), [0, 1, 2]),
+    # the committed comparison (docs/results/full): every strategy, the homogeneous-layout
+    # references and the ablations, three seeds, default sizes (5 rounds, GenAcc on 480 images)
+    "full": Preset(FULL, [0, 1, 2], {"checkpoint": False, "t2i-final-eval-per-class": 20}),
+    # the same on the second world (docs/results/full-world2), nothing retuned
+    "full-world2": Preset(FULL, [10, 11, 12], {"checkpoint": False, "t2i-final-eval-per-class": 20, **WORLD2}),
 }
 
 
 def variant_config(variant: str) -> dict[str, Any]:
-    """Run-config overrides of a variant name: a strategy or an ablation, optionally followed by
+    """Run-config overrides of a variant name: a strategy or a named variant, optionally followed by
     ``+key=value`` overrides, e.g. ``fedmmkt+labvote-beta=0.3+t2i-update-fraction=0.5``."""
     name, *overrides = variant.split("+")
-    config = dict({**ABLATIONS, **TUNED}.get(name, {"strategy": name}))
+    config = dict(VARIANTS.get(name, {"strategy": name}))
     for override in overrides:
         config.update(parse_config_args([override]))
     return config
 
 
-def summarise_run(metrics: dict[str, Any]) -> dict[str, float]:
-    """Final-round figures of one run: accuracies per modality, GenAcc, FID, uplink, time."""
+def _series(metrics: dict[str, Any], where: str, key: str) -> list[list[float]]:
+    """[round, value] pairs of one summary or server figure over the rounds that have it."""
+    return [[r["round"], r[where][key]] for r in metrics["rounds"] if key in r[where]]
+
+
+#: Per-round server diagnostics kept in comparison.json (the co-enhancement mechanism, by group).
+ROUND_DIAGNOSTICS = (
+    "discard_rate",
+    "vote_depicted_agreement",
+    "prompt_depicted_agreement_kept",
+    "confused_vote_depicted_agreement",
+    "confused_prompt_depicted_agreement_kept",
+    "confused_discard_rate",
+    "clean_vote_depicted_agreement",
+    "clean_prompt_depicted_agreement_kept",
+    "clean_discard_rate",
+    "gen_acc_confused",
+    "gen_acc_clean",
+)
+
+
+def summarise_run(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Final-round figures of one run (accuracies per modality, GenAcc, FID, uplink, time), the
+    round-0 T2I scores, and per-round series of the accuracies, GenAcc and vote diagnostics."""
     rounds = [r for r in metrics["rounds"] if r["round"] > 0]
     last = rounds[-1]["summary"] if rounds else {}
-    gen = [r["server"] for r in metrics["rounds"] if "gen_acc" in r["server"]]
+    gen = [r["server"] for r in metrics["rounds"] if r["round"] > 0 and "gen_acc" in r["server"]]
     start = [r["server"] for r in metrics["rounds"] if r["round"] == 0 and "gen_acc" in r["server"]]
     uplink = [c.get("bytes_up", 0) for r in rounds for c in r["clients"]]
-    return {
-        "gen_acc_round0": start[0]["gen_acc"] if start else float("nan"),
-        "fid_round0": start[0]["fid"] if start else float("nan"),
-        "image_acc": last.get("image_acc_global_mean", float("nan")),
-        "text_acc": last.get("text_acc_global_mean", float("nan")),
-        "sensor_acc": last.get("sensor_acc_global_mean", float("nan")),
-        "gen_acc": gen[-1]["gen_acc"] if gen else float("nan"),
-        "fid": gen[-1]["fid"] if gen else float("nan"),
-        "uplink_mb_per_client_round": float(np.mean(uplink)) / 1e6 if uplink else float("nan"),
+    nan = float("nan")
+    summary: dict[str, Any] = {
+        "gen_acc_round0": start[0]["gen_acc"] if start else nan,
+        "fid_round0": start[0]["fid"] if start else nan,
+        "gen_acc_confused_round0": start[0].get("gen_acc_confused", nan) if start else nan,
+        "gen_acc_clean_round0": start[0].get("gen_acc_clean", nan) if start else nan,
+        "image_acc": last.get("image_acc_global_mean", nan),
+        "text_acc": last.get("text_acc_global_mean", nan),
+        "sensor_acc": last.get("sensor_acc_global_mean", nan),
+        "gen_acc": gen[-1]["gen_acc"] if gen else nan,
+        "fid": gen[-1]["fid"] if gen else nan,
+        "gen_acc_confused": gen[-1].get("gen_acc_confused", nan) if gen else nan,
+        "gen_acc_clean": gen[-1].get("gen_acc_clean", nan) if gen else nan,
+        "uplink_mb_per_client_round": float(np.mean(uplink)) / 1e6 if uplink else nan,
         "wall_s": metrics["wall_time_s"],
     }
+    rounds_series = {
+        f"{m}_acc": _series(metrics, "summary", f"{m}_acc_global_mean") for m in ("image", "text", "sensor")
+    }
+    rounds_series |= {key: _series(metrics, "server", key) for key in ("gen_acc", "fid", *ROUND_DIAGNOSTICS)}
+    summary["rounds"] = {k: v for k, v in rounds_series.items() if v}
+    return summary
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], digits: int = 3) -> str:
     arr = np.asarray(values, dtype=float)
     if np.isnan(arr).all():
         return "n/a"
     if len(arr) == 1:
-        return f"{arr[0]:.3f}"
-    return f"{np.nanmean(arr):.3f} ± {np.nanstd(arr):.3f}"
+        return f"{arr[0]:.{digits}f}"
+    return f"{np.nanmean(arr):.{digits}f} ± {np.nanstd(arr):.{digits}f}"
 
 
-def write_table(results: dict[str, list[dict[str, float]]], path: Path, header: str) -> None:
-    """A Markdown table, one row per variant, mean ± std over seeds."""
-    columns = [
-        ("image_acc", "image acc"),
-        ("text_acc", "text acc"),
-        ("gen_acc", "GenAcc"),
-        ("fid", "domain FID"),
-        ("uplink_mb_per_client_round", "uplink MB/client/round"),
-        ("wall_s", "wall s"),
-    ]
-    lines = [header, "", "| variant | " + " | ".join(name for _, name in columns) + " |"]
-    lines.append("|---" * (len(columns) + 1) + "|")
+TABLE_COLUMNS = [
+    ("image_acc", "image acc"),
+    ("text_acc", "text acc"),
+    ("gen_acc", "GenAcc"),
+    ("gen_acc_confused", "GenAcc confused"),
+    ("gen_acc_clean", "GenAcc clean"),
+    ("fid", "domain FID"),
+    ("uplink_mb_per_client_round", "uplink MB/client/round"),
+    ("wall_s", "wall s"),
+]
+
+
+def paired_deltas(results: dict[str, list[dict[str, Any]]], variant: str, key: str, reference: str) -> list[float]:
+    """Per-seed differences ``variant - reference`` of one figure (runs of a seed share its partitions,
+    pre-trained models and evaluation prompts and noise, so the difference has the seed's noise removed)."""
+    ours, theirs = results.get(variant, []), results.get(reference, [])
+    return [a[key] - b[key] for a, b in zip(ours, theirs)]
+
+
+def write_table(results: dict[str, list[dict[str, Any]]], path: Path, header: str) -> None:
+    """Markdown: one row per variant (mean ± std over seeds), then the paired per-seed deltas
+    against `local` (client accuracy) and against the pre-trained T2I model and `self-ft` (GenAcc)."""
+    lines = [header, "", "| variant | " + " | ".join(name for _, name in TABLE_COLUMNS) + " |"]
+    lines.append("|---" * (len(TABLE_COLUMNS) + 1) + "|")
     for variant, runs in results.items():
-        cells = [_mean_std([r[key] for r in runs]) for key, _ in columns]
+        cells = [_mean_std([r[key] for r in runs], 1 if key in ("fid", "wall_s") else 3) for key, _ in TABLE_COLUMNS]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Paired differences (per seed, then mean ± std over seeds):",
+        "",
+        "| variant | image acc - local | text acc - local | GenAcc - pre-trained | GenAcc / self-ft |",
+        "|---|---|---|---|---|",
+    ]
+    for variant, runs in results.items():
+        image = paired_deltas(results, variant, "image_acc", "local")
+        text = paired_deltas(results, variant, "text_acc", "local")
+        gen = [r["gen_acc"] - r["gen_acc_round0"] for r in runs]
+        ratio = [a["gen_acc"] / b["gen_acc"] for a, b in zip(runs, results.get("self-ft", []))]
+        cells = [_mean_std(v) if v else "n/a" for v in (image, text, gen, ratio)]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
-def plot_comparison(results: dict[str, list[dict[str, float]]], path: Path) -> None:
+def plot_comparison(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """Bar charts of image accuracy, text accuracy and GenAcc per variant (error bars: std over seeds)."""
     variants = list(results)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
@@ -161,16 +225,52 @@ def plot_comparison(results: dict[str, list[dict[str, float]]], path: Path) -> N
     plt.close(fig)
 
 
+def _mean_series(runs: list[dict[str, Any]], key: str) -> tuple[list[float], list[float], list[float]]:
+    """Rounds, mean and std over seeds of a per-round series (rounds every seed has)."""
+    per_seed = [dict(map(tuple, r["rounds"].get(key, []))) for r in runs]
+    common = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed else []
+    values = np.array([[d[x] for x in common] for d in per_seed], dtype=float)
+    if not common:
+        return [], [], []
+    return common, list(np.nanmean(values, 0)), list(np.nanstd(values, 0))
+
+
+def plot_rounds(results: dict[str, list[dict[str, Any]]], path: Path, keys: list[tuple[str, str]]) -> None:
+    """One panel per per-round series (e.g. image and text accuracy, GenAcc): a line per variant,
+    the mean over seeds with a band of one std."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5))
+    axes = np.atleast_1d(axes)
+    for ax, (key, title) in zip(axes, keys):
+        for variant, runs in results.items():
+            xs, mean, std = _mean_series(runs, key)
+            if not xs:
+                continue
+            ax.plot(xs, mean, marker="o", label=variant, linewidth=2 if variant.startswith("fedmmkt") else 1)
+            ax.fill_between(xs, np.subtract(mean, std), np.add(mean, std), alpha=0.1)
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def compare(
     preset: Preset, out_dir: Path, base_config: dict[str, Any] | None = None
-) -> dict[str, list[dict[str, float]]]:
-    """Run every variant of `preset` on every seed and write table, plot and JSON to `out_dir`."""
+) -> dict[str, list[dict[str, Any]]]:
+    """Run every variant of `preset` on every seed and write table, plots and JSON to `out_dir`.
+
+    The pre-trained T2I model is scored once per seed (by the first variant that uses it) and that
+    round-0 score is given to every run of the seed: it is the same model, prompts and noise.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     base = {**(base_config or {}), **preset.overrides}
-    results: dict[str, list[dict[str, float]]] = {}
+    results: dict[str, list[dict[str, Any]]] = {}
     started = time.time()
     for seed in preset.seeds:
-        of_seed: list[dict[str, float]] = []
+        of_seed: list[dict[str, Any]] = []
+        initial_scored = False
         for variant in preset.variants:
             run_config = {
                 **base,
@@ -180,14 +280,18 @@ def compare(
                 "run-name": f"{variant}-seed{seed}",
             }
             config = RunConfig.from_run_config(run_config)
+            uses_t2i = config.strategy not in ("local", "fedavg")
+            if uses_t2i and initial_scored:
+                run_config["t2i-eval-initial"] = False
+            initial_scored |= uses_t2i
             # fresh server weights for every run: one run's T2I update must not leak into the next
-            models = None if config.strategy in ("local", "fedavg") else load_server_models(config)
+            models = load_server_models(config) if uses_t2i else None
             log(INFO, "compare: %s, seed %d", variant, seed)
             run_dir = run_inprocess(run_config, preset.num_nodes, models)
             summary = summarise_run(json.loads((run_dir / "metrics.json").read_text()))
             results.setdefault(variant, []).append(summary)
             of_seed.append(summary)
-        _fill_untouched_t2i_scores(of_seed)
+        _share_initial_t2i_scores(of_seed)
         (out_dir / "comparison.json").write_text(json.dumps(results, indent=2))
     header = (
         f"Comparison over seeds {preset.seeds}, {len(preset.variants)} variants, "
@@ -195,13 +299,41 @@ def compare(
     )
     write_table(results, out_dir / "table.md", header)
     plot_comparison(results, out_dir / "comparison.png")
+    plot_rounds(
+        results, out_dir / "accuracy_rounds.png", [("image_acc", "image clients"), ("text_acc", "text clients")]
+    )
+    plot_rounds(
+        results,
+        out_dir / "gen_acc_rounds.png",
+        [
+            ("gen_acc", "T2I GenAcc"),
+            ("gen_acc_confused", "GenAcc, confused classes"),
+            ("gen_acc_clean", "GenAcc, clean"),
+        ],
+    )
     return results
 
 
-def _fill_untouched_t2i_scores(summaries: list[dict[str, float]]) -> None:
-    """Strategies that never change the T2I model (local, fedavg, fedmd, creamfl) score what it
-    scored before round 1, measured by the same protocol and seed in a sibling run."""
+_INITIAL_KEYS = {
+    "gen_acc_round0": "gen_acc",
+    "fid_round0": "fid",
+    "gen_acc_confused_round0": "gen_acc_confused",
+    "gen_acc_clean_round0": "gen_acc_clean",
+}
+
+
+def _share_initial_t2i_scores(summaries: list[dict[str, Any]]) -> None:
+    """Give every run of a seed the pre-trained model's scores, measured once by the same protocol
+    and seed in a sibling run; strategies that never change the T2I model (local, fedavg, fedmd,
+    creamfl) also keep them as their final scores."""
     start = next((s for s in summaries if not np.isnan(s["gen_acc_round0"])), None)
+    if start is None:
+        return
     for summary in summaries:
-        if np.isnan(summary["gen_acc"]) and start is not None:
-            summary["gen_acc"], summary["fid"] = start["gen_acc_round0"], start["fid_round0"]
+        for initial, final in _INITIAL_KEYS.items():
+            summary[initial] = start[initial]
+            if np.isnan(summary[final]):
+                summary[final] = start[initial]
+            series = summary["rounds"].setdefault(final, [])
+            if not series or series[0][0] != 0:
+                series.insert(0, [0, start[initial]])

@@ -42,8 +42,9 @@ class RunConfig(BaseModel):
     num_server_rounds: int = Field(5, ge=1)
     seed: int = Field(0, ge=0)
     client_layout: str = "image:cnn,image:resnet,image:cnn-small,image:vit,text:gru,text:transformer,text:gru,text:bow"
-    dirichlet_alpha: float = Field(0.5, gt=0)
+    dirichlet_alpha: float = Field(0.1, gt=0)
     local_test_fraction: float = Field(0.2, gt=0, lt=1)
+    local_val_fraction: float = Field(0.15, ge=0, lt=1)
     # -- the world: "toy" (offline default) or "hf" (paper profile, a Hugging Face image-text dataset)
     dataset: Literal["toy", "hf"] = "toy"
     hf_dataset: str = ""
@@ -61,16 +62,20 @@ class RunConfig(BaseModel):
     pool_size: int = Field(4000, ge=100)
     test_per_class: int = Field(20, ge=1)
     caption_partial_rate: float = Field(0.4, ge=0, le=1)
+    public_confusion_rate: float = Field(0.6, ge=0, le=1)
     sensor_missing_rate: float = Field(0.15, ge=0, lt=1)
     # -- client training
     local_epochs: int = Field(2, ge=1)
-    client_warmup_epochs: int = Field(3, ge=0)
+    client_warmup_epochs: int = Field(100, ge=0)
+    client_warmup_patience: int = Field(10, ge=1)
+    client_augment: Literal["none", "blur-noise"] = "blur-noise"
     lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     fusion_dim: int = Field(128, ge=2)
     distill_temperature: float = Field(2.0, gt=0)
     lambda_kl: float = Field(1.0, ge=0)
     lambda_rep: float = Field(0.5, ge=0)
+    distill_passes: float = Field(2.0, ge=0)
     # -- server models (toy: built into the cache on first use; paper: a folder or hub id)
     t2i_model: str = LOCAL_TOY_MODEL
     captioner_model: str = LOCAL_TOY_MODEL
@@ -78,20 +83,21 @@ class RunConfig(BaseModel):
     pretrain_seed: int = Field(0, ge=0)
     pretrain_judge_epochs: int = Field(60, ge=1)
     pretrain_vae_steps: int = Field(400, ge=1)
-    pretrain_t2i_steps: int = Field(1100, ge=1)
+    pretrain_t2i_steps: int = Field(2200, ge=1)
     pretrain_t2i_lr: float = Field(1e-3, gt=0)
-    pretrain_captioner_steps: int = Field(1600, ge=1)
+    pretrain_captioner_steps: int = Field(3600, ge=1)
     pretrain_eval_per_class: int = Field(10, ge=1)
     pretrain_holdout_classes: str = ""
     # -- step 1: synthesis
-    synthetic_size: int = Field(192, ge=2)
-    refresh_fraction: float = Field(0.25, ge=0, le=1)
+    synthetic_size: int = Field(384, ge=2)
+    refresh_fraction: float = Field(0.5, ge=0, le=1)
     sampling_steps: int = Field(25, ge=1)
     guidance_scale: float = Field(3.0, ge=1)
     generation_batch_size: int = Field(64, ge=1)
     # -- steps 3-5: LabVote, MultiRepFusion, T2I update (ablation switches: use-*)
     labvote_beta: float = Field(0.5, ge=0, le=1)
     labvote_prompt_mix: float = Field(0.0, ge=0, le=1)
+    labvote_class_weights: Literal["none", "label-counts"] = "label-counts"
     contrastive_tau: float = Field(0.1, gt=0)
     contrastive_batch: int = Field(1024, ge=2)
     fusion_steps: int = Field(50, ge=0)
@@ -99,8 +105,12 @@ class RunConfig(BaseModel):
     fusion_other_modalities: Literal["attention", "mean"] = "attention"
     t2i_steps_per_round: int = Field(20, ge=0)
     t2i_update_fraction: float = Field(1.0, gt=0, le=1)
-    t2i_lr: float = Field(1e-4, gt=0)
+    t2i_pairs: Literal["voted", "confirmed"] = "confirmed"
+    t2i_lr: float = Field(5e-5, gt=0)
     t2i_batch_size: int = Field(32, ge=1)
+    t2i_warmup_steps: int = Field(10, ge=0)
+    t2i_ema_decay: float = Field(0.9, ge=0, lt=1)
+    t2i_replay_fraction: float = Field(0.75, ge=0, lt=1)
     t2i_lora: Literal["auto", "on", "off"] = "auto"
     server_device: Literal["auto", "cpu", "cuda"] = "auto"
     t2i_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -111,6 +121,8 @@ class RunConfig(BaseModel):
     # -- T2I quality (GenAcc, domain FID, sample grid)
     t2i_eval_every: int = Field(2, ge=0)
     t2i_eval_per_class: int = Field(4, ge=1)
+    t2i_final_eval_per_class: int = Field(10, ge=1)
+    t2i_eval_initial: bool = True
     clip_model: str = ""
     standard_fid: bool = False
     # -- sampling, quorum, timeouts
@@ -158,6 +170,11 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _world_is_consistent(self) -> RunConfig:
+        if self.local_test_fraction + self.local_val_fraction >= 1:
+            raise ValueError(
+                f"local-test-fraction + local-val-fraction = {self.local_test_fraction + self.local_val_fraction:g}:"
+                " must stay below 1, or a client keeps no training data"
+            )
         if self.dataset == "toy" and self.image_size not in (32, 64):
             raise ValueError(f"image-size = {self.image_size}: the toy world renders 32 or 64 pixels only")
         if self.dataset == "hf":
@@ -205,6 +222,7 @@ class RunConfig(BaseModel):
             pool_size=self.pool_size,
             test_per_class=self.test_per_class,
             caption_partial_rate=self.caption_partial_rate,
+            public_confusion_rate=self.public_confusion_rate,
             public_holdout_classes=parse_class_list(self.pretrain_holdout_classes),
             sensor_missing_rate=self.sensor_missing_rate,
         )

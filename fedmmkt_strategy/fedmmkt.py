@@ -4,7 +4,8 @@
 2. query           ``query.infer`` to every sampled client: probabilities, entropies, embeddings
 3. LabVote         entropy-weighted vote, label correction, discard of samples without a vote
 4. MultiRepFusion  contrastive aggregation per modality, then inter-modal cross-attention
-5. T2I update      the denoiser is fine-tuned on the kept pairs, weighted by vote confidence
+5. T2I update      the denoiser is fine-tuned on the kept pairs, weighted by vote confidence,
+                   with the server's public pairs replayed (one optimiser and EMA for the run)
 6. distill         ``train.distill`` with the voted soft labels and the modality's fused targets
 7. evaluate        client accuracies; server GenAcc, domain FID and a sample grid
 
@@ -39,23 +40,40 @@ from fedmmkt_strategy.fusion import (
     train_fusion,
     weight_diagnostics,
 )
+from fedmmkt_strategy.generative.finetune import DenoiserFineTuner, FineTuneSettings, PairSet
 from fedmmkt_strategy.generative.judge import judge_predict
 from fedmmkt_strategy.generative.quality import class_prompt_set, evaluate_t2i, resize_images
 from fedmmkt_strategy.generative.standard_metrics import clip_score, standard_fid
 from fedmmkt_strategy.generative.synthesis import (
     SyntheticPool,
+    finetune_prompts,
     generate_and_caption,
     refresh,
     synthesize,
     world_prompts,
 )
-from fedmmkt_strategy.generative.t2i import denoiser_state, finetune_denoiser, load_denoiser_state
-from fedmmkt_strategy.labvote import VoteResult, labvote, mix_prompt, most_confident, plain_average, vote_diagnostics
+from fedmmkt_strategy.generative.t2i import default_size, denoiser_state, load_denoiser_state
+from fedmmkt_strategy.labvote import (
+    VoteResult,
+    confirmed,
+    labvote,
+    mix_prompt,
+    most_confident,
+    plain_average,
+    prompt_class_weights,
+    vote_diagnostics,
+)
 from fedmmkt_strategy.privacy import PrivacyLedger
 from fedmmkt_strategy.replies import PhaseOutcome
 from fedmmkt_strategy.results import RunRecorder
 from fedmmkt_strategy.robust import ReliabilityTracker
-from fedmmkt_strategy.server_models import ServerModels, caption_anchors, load_server_models
+from fedmmkt_strategy.server_models import (
+    ServerModels,
+    caption_anchors,
+    load_server_models,
+    misdrawn_prompt_classes,
+    public_pairs,
+)
 from fedmmkt_strategy.validation import check_inference_reply
 from task_models import splits
 from task_models.modality import MODALITIES
@@ -99,6 +117,9 @@ class FedMMKT(FederatedStrategy):
         self.fusion: CrossModalFusion | None = None
         self.prev_fused: dict[str, np.ndarray] = {}  # modality -> [N, d], NaN rows unknown
         self.targets: dict[int, ArrayRecord] = {}
+        self.tuner: DenoiserFineTuner | None = None
+        self.label_counts: dict[int, np.ndarray] = {}  # node -> private examples per class (class-aware vote)
+        self.misdrawn = misdrawn_prompt_classes(config)
         self.node_pool_round: dict[int, int] = {}  # node -> round whose pool it holds
         self._timings: dict[str, float] = {}
         robust = config.labvote_robust == "reliability"
@@ -189,11 +210,17 @@ class FedMMKT(FederatedStrategy):
 
     def query(self, server_round: int, grid: Grid) -> PhaseOutcome:
         """Step 2: every sampled client's outputs on the synthetic inputs, validated on arrival."""
+        ask_counts = self.use_vote and self.config.labvote_class_weights == "label-counts"
         contents = {
             node: RecordDict(
                 {
                     P.SYNTHETIC: self._pool_update(server_round, node),
-                    P.CONFIG: ConfigRecord({P.SERVER_ROUND: server_round}),
+                    P.CONFIG: ConfigRecord(
+                        {
+                            P.SERVER_ROUND: server_round,
+                            P.SEND_LABEL_COUNTS: ask_counts and node not in self.label_counts,
+                        }
+                    ),
                 }
             )
             for node in self.nodes
@@ -202,6 +229,10 @@ class FedMMKT(FederatedStrategy):
         replies = grid.send_and_receive(messages, timeout=self.config.round_timeout)
         n, d, c, dtype = len(self.pool), self.config.fusion_dim, self.world.num_classes, self.config.uplink_dtype
         outcome = self.receive(P.QUERY_INFER, server_round, replies, lambda r: check_inference_reply(r, n, c, d, dtype))
+        for node, reply in outcome.ok.items():
+            counts = reply.content[P.CLIENT].get(P.LABEL_COUNTS)
+            if counts is not None:
+                self.label_counts[node] = np.asarray(counts, np.int64)
         for node in self.nodes:
             if node in outcome.ok:
                 self.node_pool_round[node] = server_round
@@ -241,12 +272,18 @@ class FedMMKT(FederatedStrategy):
         probs = self._stack(outcome, P.PROBS, nodes)
         if self.use_vote:
             weights = self.client_reliability(server_round, nodes, probs)
-            result = labvote(probs, self._stack(outcome, P.ENTROPY, nodes), self.config.labvote_beta, weights)
+            result = labvote(
+                probs,
+                self._stack(outcome, P.ENTROPY, nodes),
+                self.config.labvote_beta,
+                weights,
+                self.class_aware_weights(nodes),
+            )
         else:
             result = plain_average(probs)
         result = mix_prompt(result, self.pool.classes, self.prompt_mix)
         depicted = None if self.models.judge is None else judge_predict(self.models.judge, self.pool.images)
-        diag = vote_diagnostics(result, self.pool.classes, depicted)
+        diag = vote_diagnostics(result, self.pool.classes, depicted, self.class_groups(self.pool.classes))
         for node, share in zip(nodes, diag.pop("counted_vote_share")):
             self.recorder.client(server_round, node, counted_vote_share=share)
         self.recorder.server(server_round, **diag)
@@ -260,6 +297,30 @@ class FedMMKT(FederatedStrategy):
             diag["vote_prompt_agreement"],
         )
         return result
+
+    def class_aware_weights(self, nodes: list[int]) -> np.ndarray | None:
+        """With ``labvote-class-weights = "label-counts"``: each client's say on each sample, its share
+        of its modality's examples of the prompted class (`labvote.prompt_class_weights`), so image
+        and text clients weigh the same in all. A node whose counts never arrived does not vote."""
+        if self.config.labvote_class_weights == "none":
+            return None
+        weights = np.zeros((len(nodes), len(self.pool)))
+        for modality in {self.clients[n][P.MODALITY] for n in nodes}:
+            members = [
+                j for j, n in enumerate(nodes) if self.clients[n][P.MODALITY] == modality and n in self.label_counts
+            ]
+            if members:
+                counts = np.stack([self.label_counts[nodes[j]] for j in members])
+                weights[members] = prompt_class_weights(counts, self.pool.classes)
+        return weights
+
+    def class_groups(self, classes: np.ndarray) -> dict[str, np.ndarray]:
+        """Samples split by prompt class: "confused" (classes the pre-trained T2I model draws wrongly,
+        toy world only: `splits.misdrawn_classes`) and "clean"; empty when the world has no such set."""
+        if len(self.misdrawn) == 0:
+            return {}
+        confused = np.isin(classes, self.misdrawn)
+        return {"confused": confused, "clean": ~confused}
 
     def client_reliability(self, server_round: int, nodes: list[int], probs: np.ndarray) -> np.ndarray | None:
         """The Byzantine defence's per-client vote weights (robust.py), None when it is off."""
@@ -331,32 +392,51 @@ class FedMMKT(FederatedStrategy):
             full[kept] = f
         return fused
 
-    def update_t2i(self, server_round: int, vote: VoteResult) -> None:
-        """Step 5: fine-tune the denoiser on the kept pairs (x_i, template(y_i) + t_i)."""
+    def update_t2i(self, server_round: int, vote: VoteResult | None) -> None:
+        """Step 5: fine-tune the denoiser on the kept pairs (x_i, prompt of y_i), each weighted by its
+        vote confidence, with the public pairs replayed in every batch (`finetune.py`)."""
         if not self.use_t2i_update or self.config.t2i_steps_per_round == 0:
             return
         if self.t2i_labels == "voted":
             rows = most_confident(vote, self.config.t2i_update_fraction) if vote.kept.any() else vote.kept_indices
+            if self.config.t2i_pairs == "confirmed":
+                rows = np.intersect1d(rows, confirmed(vote, self.pool.classes))
             labels, weights = vote.labels[rows], vote.confidence[rows]
         else:  # self-ft: the server's own prompt labels, every sample, no client knowledge
             rows = np.arange(len(self.pool))
             labels, weights = self.pool.classes, np.ones(len(rows), np.float32)
         if len(rows) == 0:
             return
-        captions = [f"{self.world.class_prompt(int(y))} , {self.pool.captions[i]}" for y, i in zip(labels, rows)]
-        lora = {"auto": None, "on": True, "off": False}[self.config.t2i_lora]
-        loss = finetune_denoiser(
-            self.models.pipe,
-            self.pool.images[rows],
-            captions,
-            weights=weights,
-            steps=self.config.t2i_steps_per_round,
-            lr=self.config.t2i_lr,
-            batch_size=self.config.t2i_batch_size,
-            seed=self.config.seed + server_round,
-            use_lora=lora,
+        prompts = finetune_prompts(self.pool, rows, labels, self.config.seed * 7 + server_round, self.prompt_fn)
+        pairs = PairSet.encode(self.models.pipe, self.pool.images[rows], prompts, weights=weights)
+        loss = self.t2i_tuner().run(pairs, self.config.t2i_steps_per_round, seed=self.config.seed + server_round)
+        relabelled = int(np.sum(labels != self.pool.classes[rows]))
+        self.recorder.server(
+            server_round, t2i_finetune_loss=loss, t2i_finetune_samples=int(len(rows)), t2i_relabelled=relabelled
         )
-        self.recorder.server(server_round, t2i_finetune_loss=loss, t2i_finetune_samples=int(len(rows)))
+
+    def t2i_tuner(self) -> DenoiserFineTuner:
+        """Step 5's fine-tuner, built on first use: one optimiser, weight average and replay set for
+        the whole run."""
+        if self.tuner is None:
+            cfg = self.config
+            settings = FineTuneSettings(
+                lr=cfg.t2i_lr,
+                batch_size=cfg.t2i_batch_size,
+                warmup_steps=cfg.t2i_warmup_steps,
+                ema_decay=cfg.t2i_ema_decay,
+                replay_fraction=cfg.t2i_replay_fraction,
+                use_lora={"auto": None, "on": True, "off": False}[cfg.t2i_lora],
+            )
+            replay = None
+            if cfg.t2i_replay_fraction > 0:
+                images, captions = public_pairs(cfg)
+                images = resize_images(images, default_size(self.models.pipe))
+                flat = [c for caps in captions for c in caps]
+                index = np.repeat(np.arange(len(images)), [len(c) for c in captions])
+                replay = PairSet.encode(self.models.pipe, images, flat, image_index=index)
+            self.tuner = DenoiserFineTuner(self.models.pipe, settings, replay)
+        return self.tuner
 
     def distill_targets(
         self, outcome: PhaseOutcome, vote: VoteResult, fused: dict[str, np.ndarray]
@@ -370,6 +450,7 @@ class FedMMKT(FederatedStrategy):
             record = ArrayRecord({P.INDICES: Array(kept.astype(np.int64))})
             if self.send_soft_labels:
                 record[P.SOFT_LABELS] = Array(vote.soft_labels[kept])
+                record[P.WEIGHTS] = Array(np.ascontiguousarray(vote.confidence[kept], np.float32))
             modality = self.clients[node][P.MODALITY]
             if self.send_fused and modality in fused:
                 record[P.FUSED] = Array(fused[modality])
@@ -399,9 +480,11 @@ class FedMMKT(FederatedStrategy):
         return {
             **super().state_dict(),
             "denoiser": denoiser_state(self.models.pipe),
+            "t2i_tuner": self.tuner.state_dict() if self.tuner is not None else None,
             "fusion": fusion,
             "pool": pool,
             "prev_fused": dict(self.prev_fused),
+            "label_counts": dict(self.label_counts),
             "reliability": self.reliability.state_dict() if self.reliability else None,
             "privacy": self.privacy.state_dict() if self.privacy else None,
         }
@@ -409,6 +492,8 @@ class FedMMKT(FederatedStrategy):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         load_denoiser_state(self.models.pipe, state["denoiser"])
+        if state.get("t2i_tuner") is not None:
+            self.t2i_tuner().load_state_dict(state["t2i_tuner"])
         if state["fusion"] is not None:
             self.fusion = CrossModalFusion(
                 state["fusion"]["modalities"],
@@ -422,14 +507,16 @@ class FedMMKT(FederatedStrategy):
             arrays = {k: p[k].numpy() for k in ("images", "classes", "generation_round")}
             self.pool = SyntheticPool(captions=list(p["captions"]), prompts=list(p["prompts"]), **arrays)
         self.prev_fused = {m: v.numpy() for m, v in state["prev_fused"].items()}
+        self.label_counts = {int(n): np.asarray(v) for n, v in state.get("label_counts", {}).items()}
         if self.reliability is not None and state["reliability"] is not None:
             self.reliability.load_state_dict(state["reliability"])
         if self.privacy is not None and state["privacy"] is not None:
             self.privacy.load_state_dict(state["privacy"])
 
     # ------------------------------------------------------------------ step 7 (server side)
-    def evaluate_t2i(self, server_round: int) -> None:
-        """GenAcc, domain FID and a sample grid of the current T2I model."""
+    def evaluate_t2i(self, server_round: int, per_class: int) -> None:
+        """GenAcc, domain FID and a sample grid of the current T2I model, on `per_class` images of
+        every class (the same seeded prompts and noise in every round and strategy of a seed)."""
         m, cfg = self.models, self.config
         if m.judge is None or m.reference_features is None:
             return
@@ -438,21 +525,27 @@ class FedMMKT(FederatedStrategy):
             m.pipe,
             m.judge,
             m.reference_features,
-            per_class=cfg.t2i_eval_per_class,
+            per_class=per_class,
             seed=cfg.seed + 777,
             steps=cfg.sampling_steps,
             guidance=cfg.guidance_scale,
             batch_size=cfg.generation_batch_size,
             grid_path=self.recorder.run_dir / "samples" / f"round_{server_round:03d}.png",
-            prompt_set=class_prompt_set(cfg.t2i_eval_per_class, self.world.num_classes, self.world.class_prompt),
+            prompt_set=class_prompt_set(per_class, self.world.num_classes, self.world.class_prompt),
             image_size=cfg.image_size,
             keep_images=True,
         )
+        per_class = np.asarray(metrics["per_class_acc"])
+        groups = {
+            f"gen_acc_{name}": float(np.nanmean(per_class[rows]))
+            for name, rows in self.class_groups(np.arange(len(per_class))).items()
+        }
         self.recorder.server(
             server_round,
             gen_acc=metrics["gen_acc"],
             fid=metrics["fid"],
             per_class_gen_acc=metrics["per_class_acc"],
+            **groups,
             **self.standard_metrics(metrics["images"], metrics["prompts"]),
             time_t2i_eval_s=time.perf_counter() - start,
         )
@@ -473,13 +566,16 @@ class FedMMKT(FederatedStrategy):
         return out
 
     def configure_train(self, server_round, arrays, config, grid) -> Iterable[Message]:
-        if server_round == 1:
-            self.evaluate_t2i(0)
+        if server_round == 1 and self.config.t2i_eval_initial:
+            self.evaluate_t2i(0, self.config.t2i_final_eval_per_class)
         return super().configure_train(server_round, arrays, config, grid)
 
     def after_evaluate(self, server_round: int) -> None:
         every = self.config.t2i_eval_every
         t2i_changes = self.use_t2i_update and self.config.t2i_steps_per_round > 0
-        last = server_round == self.config.num_server_rounds
-        if t2i_changes and every and (server_round % every == 0 or last):
-            self.evaluate_t2i(server_round)
+        if not t2i_changes:
+            return
+        if server_round == self.config.num_server_rounds:
+            self.evaluate_t2i(server_round, self.config.t2i_final_eval_per_class)
+        elif every and server_round % every == 0:
+            self.evaluate_t2i(server_round, self.config.t2i_eval_per_class)

@@ -34,8 +34,37 @@ def normalised_entropy(entropy: np.ndarray, num_classes: int) -> np.ndarray:
     return np.clip(entropy / math.log(num_classes), 0.0, 1.0)
 
 
+def prompt_class_weights(label_counts: np.ndarray, prompt_classes: np.ndarray) -> np.ndarray:
+    """Each client's say on each sample from what it has seen (FedFTG-style class-aware weights).
+
+    A sample was rendered *for* class ``c_i``; client k's say on it is its share of the
+    federation's private examples of that class, ``n_{k,c_i} / sum_k n_{k,c_i}``, and 0 when it never
+    saw the class. Entropy alone cannot tell "confident and right" from "confident because I only
+    know a few classes": a client shown an image of a class it never saw is confidently wrong.
+
+    Parameters
+    ----------
+    label_counts : np.ndarray
+        Private training examples per class of every client [K, C] (sent once, on request).
+    prompt_classes : np.ndarray
+        The prompted class of every sample [N].
+
+    Returns
+    -------
+    np.ndarray
+        Weights [K, N] in [0, 1]; a column sums to one unless no client saw that class (all zero).
+    """
+    counts = np.asarray(label_counts, dtype=np.float64)[:, np.asarray(prompt_classes)]  # [K, N]
+    total = counts.sum(0, keepdims=True)
+    return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+
+
 def labvote(
-    probs: np.ndarray, entropy: np.ndarray, beta: float = 0.5, client_weights: np.ndarray | None = None
+    probs: np.ndarray,
+    entropy: np.ndarray,
+    beta: float = 0.5,
+    client_weights: np.ndarray | None = None,
+    sample_weights: np.ndarray | None = None,
 ) -> VoteResult:
     """Entropy-weighted vote.
 
@@ -52,6 +81,9 @@ def labvote(
         that discount confidence: the weight becomes ``r * (1 - h)`` and the vote counts when
         that is at least ``1 - beta`` (the same threshold, so r = 1 changes nothing); a sample
         only unreliable clients vote on is discarded rather than labelled by them.
+    sample_weights : np.ndarray, optional
+        Per-client, per-sample factors [K, N] >= 0 (`prompt_class_weights`) that multiply the vote
+        weights; a vote with factor 0 does not count, and the threshold stays on the entropy.
     """
     k, n, c = probs.shape
     if entropy.shape != (k, n):
@@ -62,6 +94,9 @@ def labvote(
     if client_weights is not None:
         weights = weights * np.asarray(client_weights, dtype=float)[:, None]
         counted = counted & (weights >= 1.0 - beta) & (weights > 0)
+    if sample_weights is not None:
+        weights = weights * np.asarray(sample_weights, dtype=float)
+        counted = counted & (weights > 0)
     total = weights.sum(0)  # [N]
     kept = counted.any(0) & (total > 0)
     weighted = np.einsum("kn,knc->nc", weights, probs)
@@ -104,6 +139,13 @@ def most_confident(result: VoteResult, fraction: float) -> np.ndarray:
     return kept[order[:count]]
 
 
+def confirmed(result: VoteResult, prompt_classes: np.ndarray) -> np.ndarray:
+    """Indices of the kept samples whose voted label is their prompt class: generations the clients
+    confirm. Fine-tuning the T2I model on these alone is rejection sampling with the clients as the
+    verifier; a relabelled sample may be the model's error or the clients'."""
+    return np.flatnonzero(result.kept & (result.labels == np.asarray(prompt_classes)))
+
+
 def plain_average(probs: np.ndarray) -> VoteResult:
     """FedMD's consensus: the unweighted mean of all clients' probabilities, nothing discarded."""
     k, n, _ = probs.shape
@@ -116,24 +158,38 @@ def _agreement(a: np.ndarray, b: np.ndarray, rows: np.ndarray) -> float:
 
 
 def vote_diagnostics(
-    result: VoteResult, prompt_classes: np.ndarray, depicted_classes: np.ndarray | None = None
+    result: VoteResult,
+    prompt_classes: np.ndarray,
+    depicted_classes: np.ndarray | None = None,
+    groups: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float | list[float]]:
     """Discard rate, agreement of voted labels with prompt classes (label corrections are the
     disagreements), and each client's counted-vote share.
 
     With `depicted_classes` (what the images show, as a reference classifier judges them; known
     in the toy world) it also reports how often the prompt and the vote are right: a vote helps
-    when `vote_depicted_agreement` beats `prompt_depicted_agreement` on the kept rows.
+    when `vote_depicted_agreement` beats `prompt_depicted_agreement_kept` on the kept rows.
+    `groups` (name -> bool [N] over the samples, e.g. the prompt classes the T2I model draws
+    wrongly and the rest) repeats those figures and the discard rate per group, as
+    ``<name>_vote_depicted_agreement`` etc.
     """
     kept = result.kept
     agreement = _agreement(result.labels, prompt_classes, kept)
     extra: dict[str, float] = {}
     if depicted_classes is not None:
-        extra = {
-            "vote_depicted_agreement": _agreement(result.labels, depicted_classes, kept),
-            "prompt_depicted_agreement_kept": _agreement(prompt_classes, depicted_classes, kept),
-            "prompt_depicted_agreement": _agreement(prompt_classes, depicted_classes, np.ones(len(kept), bool)),
-        }
+        for prefix, rows in {"": np.ones(len(kept), bool), **(groups or {})}.items():
+            name = f"{prefix}_" if prefix else ""
+            extra |= {
+                f"{name}vote_depicted_agreement": _agreement(result.labels, depicted_classes, kept & rows),
+                f"{name}prompt_depicted_agreement_kept": _agreement(prompt_classes, depicted_classes, kept & rows),
+                f"{name}prompt_depicted_agreement": _agreement(prompt_classes, depicted_classes, rows),
+            }
+            if prefix:
+                extra[f"{name}discard_rate"] = float(1.0 - kept[rows].mean()) if rows.any() else float("nan")
+    if depicted_classes is not None:
+        confirmed = kept & (result.labels == prompt_classes)
+        extra["confirmed_share"] = float(confirmed.sum() / max(kept.sum(), 1))
+        extra["confirmed_depicted_agreement"] = _agreement(prompt_classes, depicted_classes, confirmed)
     return {
         **extra,
         "discard_rate": float(1.0 - kept.mean()) if len(kept) else float("nan"),

@@ -20,6 +20,7 @@ TARGETS = "targets"  # ArrayRecord: distillation targets on the synthetic set
 # keys inside CONFIG
 SERVER_ROUND = "server-round"
 RETURN_ARRAYS = "return-arrays"  # bool: reply with the trained weights under ARRAYS
+SEND_LABEL_COUNTS = "send-label-counts"  # bool (query.infer): add LABEL_COUNTS to the CLIENT record
 
 # keys inside SYNTHETIC (a client caches the pool; the server sends only rows it lacks)
 IMAGES = "images"  # uint8 [R, H, W, 3]
@@ -32,6 +33,7 @@ POOL_SIZE = "pool-size"  # int64 [1]: N, the size of the whole pool
 SOFT_LABELS = "soft-labels"  # float32 [M, C], rows sum to one
 FUSED = "fused"  # float32 [M, d], L2-normalised (optional)
 INDICES = "indices"  # int64 [M], rows of SYNTHETIC the targets refer to
+WEIGHTS = "weights"  # float32 [M] in [0, 1]: each row's distillation weight (its vote confidence; optional)
 
 # -- client -> server records
 CLIENT = "client"  # ConfigRecord describing the node (keys below)
@@ -44,6 +46,7 @@ ARCHITECTURE = "architecture"
 PARTITION = "partition"
 NUM_PARTITIONS = "num-partitions"
 PARTITION_ID = "partition-id"
+LABEL_COUNTS = "label-counts"  # list[int] [C]: private training examples per class (only on request)
 
 # keys inside INFERENCE
 PROBS = "probs"  # float32 [N, C]

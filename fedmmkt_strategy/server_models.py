@@ -115,6 +115,28 @@ def load_server_models(config: RunConfig) -> ServerModels:
     return ServerModels(pipe, captioner, processor, judge, reference, projection)
 
 
+def public_pairs(config: RunConfig) -> tuple[np.ndarray, list[list[str]]]:
+    """The server's own public image-caption pairs, replayed by step 5: uint8 images [P, H, W, 3]
+    and the captions of each. In the toy world these are the pairs its T2I model was pre-trained
+    on (the PUBLIC split seeded by `pretrain-seed`, with its deliberate confusions), not a new
+    sample seeded by the run."""
+    if config.dataset == "toy":
+        data = splits.load_split(splits.PUBLIC, pretrain_spec(config).domain)
+    else:
+        data = config.world().load_split(splits.PUBLIC)
+    rows = data.with_format("numpy")[:]
+    return rows["image"].astype(np.uint8), [[str(c) for c in caps] for caps in rows["captions"]]
+
+
+def misdrawn_prompt_classes(config: RunConfig) -> np.ndarray:
+    """The classes the toy server's T2I model is pre-trained to draw wrongly (its public split's
+    deliberate confusions, `splits.misdrawn_classes`); empty in the paper world, where nobody
+    knows them."""
+    if config.dataset != "toy":
+        return np.zeros(0, np.int64)
+    return splits.misdrawn_classes(pretrain_spec(config).domain)
+
+
 @torch.no_grad()
 def caption_anchors(models: ServerModels, captions: list[str], batch_size: int = 256) -> torch.Tensor:
     """Round-1 anchors: `G`'s text-encoder embedding of each caption, randomly projected to d,

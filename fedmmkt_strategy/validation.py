@@ -40,6 +40,14 @@ def _finite_float(name: str, array: np.ndarray, shape: tuple[int, ...], dtype: n
     return None
 
 
+def _valid_counts(counts: object, num_classes: int) -> bool:
+    return (
+        isinstance(counts, list)
+        and len(counts) == num_classes
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts)
+    )
+
+
 def check_inference_reply(
     reply: Message,
     num_samples: int,
@@ -78,6 +86,9 @@ def check_inference_reply(
         reason = _finite_float(name, array, shape, expected)
         if reason:
             return reason
+    counts = reply.content.config_records[P.CLIENT].get(P.LABEL_COUNTS)
+    if counts is not None and not _valid_counts(counts, num_classes):
+        return f"{P.LABEL_COUNTS!r} must be a list of {num_classes} non-negative integers"
     probs, entropy = probs.astype(np.float32), entropy.astype(np.float32)
     if (probs < -tolerance).any() or not np.allclose(probs.sum(1), 1.0, atol=tolerance):
         return f"probabilities are negative or do not sum to one (tolerance {tolerance:g})"

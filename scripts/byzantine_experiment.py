@@ -35,6 +35,7 @@ BASE = {
     "num-server-rounds": 2,
     "synthetic-size": 96,
     "t2i-eval-per-class": 4,
+    "t2i-final-eval-per-class": 4,
     "node-settle": 0.0,
 }
 NODES, BYZANTINE = 5, [104]

@@ -58,6 +58,7 @@ def run_config(keys: dict, scale: dict, device: str, results: Path) -> dict:
         "t2i-lora": "on",
         "t2i-eval-every": 1,
         "t2i-eval-per-class": 2,
+        "t2i-final-eval-per-class": 2,
         "pretrain-judge-epochs": 3,
         "fusion-steps": 5,
         "labvote-beta": 1.0,  # random-weight clients are unsure of everything; count every vote so LoRA trains

@@ -14,8 +14,10 @@ MICRO_SERVER = {
     "synthetic-size": 48,
     "sampling-steps": 2,
     "t2i-eval-per-class": 1,
+    "t2i-final-eval-per-class": 1,
     "t2i-steps-per-round": 2,
     "fusion-steps": 3,
+    "client-warmup-epochs": 2,
 }
 TINY_FEDERATION = {
     "client-layout": "image:cnn,text:bow,image:cnn-small,text:gru",

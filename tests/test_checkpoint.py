@@ -11,7 +11,8 @@ import torch
 from client_app.app import app as client_app
 from fedmmkt_strategy import checkpoint as ckpt
 from fedmmkt_strategy.config import ConfigError, RunConfig
-from fedmmkt_strategy.generative.t2i import denoiser_state, finetune_denoiser, load_denoiser_state
+from fedmmkt_strategy.generative.finetune import finetune_denoiser
+from fedmmkt_strategy.generative.t2i import denoiser_state, load_denoiser_state
 from fedmmkt_strategy.inprocess import InProcessGrid
 from fedmmkt_strategy.runner import run_federation
 from fedmmkt_strategy.server_models import load_server_models

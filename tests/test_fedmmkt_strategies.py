@@ -138,3 +138,18 @@ def test_float16_uplink_halves_the_query_reply_and_the_round_completes(tmp_path,
     assert all("acc_global" in client for client in last16["clients"])  # distilled and evaluated
     queries = [m for m in grid16.sent if m.metadata.message_type == P.QUERY_INFER]
     assert len(queries) == 4 and all("synthetic" in ctx.state for ctx in grid16.contexts.values())
+
+
+def test_class_aware_votes_ask_each_node_for_its_label_counts_once(tmp_path, micro_run_config, models):
+    from fedmmkt_strategy import protocol as P
+
+    grid, metrics, _ = _run(
+        tmp_path, micro_run_config, models, "fedmmkt", **{"labvote-class-weights": "label-counts", "labvote-beta": 1.0}
+    )
+    queries = [m for m in grid.sent if m.metadata.message_type == P.QUERY_INFER]
+    asked = [bool(m.content[P.CONFIG][P.SEND_LABEL_COUNTS]) for m in queries]
+    assert asked == [True] * 4 + [False] * 4
+    server = metrics["rounds"][1]["server"]
+    for key in ("confused_vote_depicted_agreement", "clean_prompt_depicted_agreement_kept", "confused_discard_rate"):
+        assert key in server, key
+    assert "gen_acc_confused" in metrics["rounds"][0]["server"]

@@ -9,6 +9,7 @@ from fedmmkt_strategy.labvote import (
     most_confident,
     normalised_entropy,
     plain_average,
+    prompt_class_weights,
     vote_diagnostics,
 )
 
@@ -129,3 +130,39 @@ def test_most_confident_picks_the_top_share_of_kept_samples():
     assert most_confident(result, 0.5).tolist() == [1, 2]
     assert most_confident(result, 0.01).tolist() == [1]
     assert most_confident(result, 1.0).tolist() == [1, 2, 0]
+
+
+def test_prompt_class_weights_by_hand():
+    # clients A, B, C; classes 0..3. Sample 0 was prompted for class 1, sample 1 for class 3.
+    counts = np.array([[5, 30, 0, 0], [5, 10, 0, 0], [0, 0, 9, 0]])
+    weights = prompt_class_weights(counts, np.array([1, 3]))
+    np.testing.assert_allclose(weights[:, 0], [0.75, 0.25, 0.0])
+    np.testing.assert_allclose(weights[:, 1], [0.0, 0.0, 0.0])  # nobody saw class 3
+
+
+def test_a_client_that_never_saw_the_prompted_class_does_not_vote():
+    # both clients are confident; only A has seen class 1, the class sample 0 was rendered for
+    probs = np.array([[[0.0, 0.9, 0.1, 0.0]], [[0.0, 0.0, 0.05, 0.95]]], dtype=np.float32)
+    h = np.array([[0.1], [0.05]])
+    plain = labvote(probs, h * LOGC, beta=0.5)
+    aware = labvote(
+        probs,
+        h * LOGC,
+        beta=0.5,
+        sample_weights=prompt_class_weights(np.array([[9, 9, 0, 0], [0, 0, 0, 9]]), np.array([1])),
+    )
+    assert plain.labels[0] == 3  # B is the more confident, and wrong
+    assert aware.labels[0] == 1 and aware.counted[:, 0].tolist() == [True, False]
+    np.testing.assert_allclose(aware.soft_labels[0], probs[0, 0])
+
+
+def test_group_diagnostics_split_the_vote_by_prompt_class():
+    probs = np.array([[[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.5, 0.5]]], dtype=np.float32)
+    entropy = -(probs * np.log(probs)).sum(-1)
+    result = labvote(probs, entropy, beta=0.9)
+    prompts, depicted = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
+    groups = {"confused": np.array([False, False, True, True]), "clean": np.array([True, True, False, False])}
+    diag = vote_diagnostics(result, prompts, depicted, groups)
+    assert diag["clean_vote_depicted_agreement"] == 1.0 and diag["clean_prompt_depicted_agreement_kept"] == 0.5
+    assert diag["confused_discard_rate"] == 0.5  # the uniform vote is discarded
+    assert diag["confused_vote_depicted_agreement"] == 1.0 and diag["confused_prompt_depicted_agreement"] == 0.5

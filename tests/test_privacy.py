@@ -98,7 +98,7 @@ UPLINK = {
     P.EVALUATE: {P.METRICS, P.CLIENT},
 }
 METRIC_KEYS = {
-    P.NUM_EXAMPLES, P.TRAIN_LOSS, "ce", "kl", "rep", "synthetic-rows",
+    P.NUM_EXAMPLES, P.TRAIN_LOSS, "ce", "kl", "rep", "synthetic-rows", "synthetic-visits",
     P.ACC_LOCAL, P.LOSS_LOCAL, P.ACC_GLOBAL, P.LOSS_GLOBAL,
 }  # fmt: skip
 CLIENT_KEYS = {P.MODALITY, P.ARCHITECTURE, P.PARTITION, P.NUM_PARTITIONS, P.PARTITION_ID}
