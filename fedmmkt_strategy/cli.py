@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ def pretrain_command(argv: list[str]) -> int:
 
 
 def compare_main(argv: list[str]) -> int:
-    from fedmmkt_strategy.compare import PRESETS, compare
+    from fedmmkt_strategy.compare import PRESETS, compare, merge_results, write_outputs
 
     parser = argparse.ArgumentParser(prog="fedmmkt compare", description=__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
@@ -54,7 +55,23 @@ def compare_main(argv: list[str]) -> int:
     parser.add_argument("--variants", help="comma-separated strategies/ablations (default: the preset's)")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     parser.add_argument("--run-config", default="", help="run-config overrides for every run, 'key=value ...'")
+    parser.add_argument(
+        "--merge",
+        help="comma-separated folders of partial comparisons (e.g. seeds run in parallel): "
+        "merge their comparison.json into --out and redraw table and plots; runs nothing",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        folders = [Path(f) for f in args.merge.split(",")]
+        results = merge_results([json.loads((f / "comparison.json").read_text()) for f in folders])
+        seeds = sorted({r["seed"] for runs in results.values() for r in runs})
+        header = (
+            f"Comparison over seeds {seeds}, {len(results)} variants; final-round global-test accuracy; "
+            f"merged from {', '.join(str(f) for f in folders)}."
+        )
+        write_outputs(results, args.out, header)
+        print(f"merged comparison written to {args.out}/")
+        return 0
     preset = PRESETS[args.preset]
     if args.variants:
         preset = dataclasses.replace(preset, variants=args.variants.split(","))

@@ -288,7 +288,7 @@ def compare(
             models = load_server_models(config) if uses_t2i else None
             log(INFO, "compare: %s, seed %d", variant, seed)
             run_dir = run_inprocess(run_config, preset.num_nodes, models)
-            summary = summarise_run(json.loads((run_dir / "metrics.json").read_text()))
+            summary = {"seed": seed, **summarise_run(json.loads((run_dir / "metrics.json").read_text()))}
             results.setdefault(variant, []).append(summary)
             of_seed.append(summary)
         _share_initial_t2i_scores(of_seed)
@@ -297,6 +297,32 @@ def compare(
         f"Comparison over seeds {preset.seeds}, {len(preset.variants)} variants, "
         f"{preset.num_nodes} clients; final-round global-test accuracy; total {time.time() - started:.0f} s."
     )
+    write_outputs(results, out_dir, header)
+    return results
+
+
+def merge_results(parts: list[dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
+    """One comparison from several partial ones (e.g. seeds run in parallel lanes or on several
+    machines): every variant's runs, ordered by seed so that paired deltas pair the same seed.
+    A variant whose seeds differ from the first variant's is rejected: its deltas would not pair."""
+    merged: dict[str, list[dict[str, Any]]] = {}
+    for part in parts:
+        for variant, runs in part.items():
+            merged.setdefault(variant, []).extend(runs)
+    for variant, runs in merged.items():
+        if any("seed" not in r for r in runs):
+            raise ValueError(f"{variant}: runs without a 'seed' cannot be merged")
+        runs.sort(key=lambda r: r["seed"])
+        seeds = [r["seed"] for r in runs]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{variant}: seed run twice across the parts ({seeds})")
+    return merged
+
+
+def write_outputs(results: dict[str, list[dict[str, Any]]], out_dir: Path, header: str) -> None:
+    """comparison.json, table.md, comparison.png and the per-round plots of one comparison."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.json").write_text(json.dumps(results, indent=2))
     write_table(results, out_dir / "table.md", header)
     plot_comparison(results, out_dir / "comparison.png")
     plot_rounds(
@@ -311,7 +337,6 @@ def compare(
             ("gen_acc_clean", "GenAcc, clean"),
         ],
     )
-    return results
 
 
 _INITIAL_KEYS = {

@@ -32,3 +32,24 @@ def test_every_preset_variant_is_a_valid_run_config():
 def test_a_bad_override_names_the_key():
     with pytest.raises(ConfigError, match="labvote-beta"):
         RunConfig.from_run_config(variant_config("fedmmkt+labvote-beta=3.0"))
+
+
+def _run(seed: int, image: float) -> dict:
+    return {"seed": seed, "image_acc": image}
+
+
+def test_merge_orders_each_variant_by_seed_so_deltas_pair():
+    from fedmmkt_strategy.compare import merge_results, paired_deltas
+
+    lane_a = {"local": [_run(2, 0.3)], "fedmmkt": [_run(2, 0.5)]}
+    lane_b = {"local": [_run(0, 0.1), _run(1, 0.2)], "fedmmkt": [_run(0, 0.4), _run(1, 0.2)]}
+    merged = merge_results([lane_a, lane_b])
+    assert [r["seed"] for r in merged["fedmmkt"]] == [0, 1, 2]
+    assert paired_deltas(merged, "fedmmkt", "image_acc", "local") == pytest.approx([0.3, 0.0, 0.2])
+
+
+def test_merge_rejects_a_seed_run_twice():
+    from fedmmkt_strategy.compare import merge_results
+
+    with pytest.raises(ValueError, match="twice"):
+        merge_results([{"local": [_run(0, 0.1)]}, {"local": [_run(0, 0.2)]}])
