@@ -1,7 +1,7 @@
 """Synthesis efficiency: generated images per second against the raw batched denoiser throughput,
 measured in the same process on the same models (issue 7, item 2; target >= 0.9).
 
-    python benchmarks/synthesis_efficiency.py            # default run config: 192 images, batch 64, DDIM 25, CFG 3
+    python benchmarks/synthesis_efficiency.py            # 192 images (the default is now 384), batch 64, DDIM 25, CFG 3
     python benchmarks/synthesis_efficiency.py --quick    # 16 images, batch 8, DDIM 3: a smoke check
 
 (a) Raw: the UNet alone, on a batch of latents at ``generation-batch-size`` doubled for

@@ -34,6 +34,8 @@ def run_attacked(tmp_path, micro_run_config, robust: str):
         **micro_run_config,
         "num-server-rounds": 1,
         "labvote-beta": 1.0,
+        # the paper's LabVote: class-aware weights would make the liar's say depend on its counts
+        "labvote-class-weights": "none",
         "labvote-robust": robust,
         "results-dir": str(tmp_path),
         "run-name": robust,
