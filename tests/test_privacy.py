@@ -109,7 +109,11 @@ def check_uplink(reply, pool_size: int, dim: int, private: dict) -> None:
     synthetic inputs; nothing equal to or containing private samples, labels or indices."""
     kind = reply.metadata.message_type
     assert set(reply.content.keys()) == UPLINK[kind], kind
-    client = reply.content[P.CLIENT]
+    client = dict(reply.content[P.CLIENT])
+    # the documented exception (docs/protocol.md): per-class counts, once, in a query reply
+    counts = client.pop(P.LABEL_COUNTS, None)
+    if counts is not None:
+        assert kind == P.QUERY_INFER and all(isinstance(c, int) for c in counts)
     assert set(client.keys()) == CLIENT_KEYS
     assert all(isinstance(v, (int, str)) for v in client.values())
     if kind != P.QUERY_INFER:
