@@ -304,7 +304,7 @@ def compare(
 def merge_results(parts: list[dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
     """One comparison from several partial ones (e.g. seeds run in parallel lanes or on several
     machines): every variant's runs, ordered by seed so that paired deltas pair the same seed.
-    A variant whose seeds differ from the first variant's is rejected: its deltas would not pair."""
+    A seed that a variant ran twice across the parts is rejected: its deltas would not pair."""
     merged: dict[str, list[dict[str, Any]]] = {}
     for part in parts:
         for variant, runs in part.items():
@@ -316,6 +316,10 @@ def merge_results(parts: list[dict[str, list[dict[str, Any]]]]) -> dict[str, lis
         seeds = [r["seed"] for r in runs]
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"{variant}: seed run twice across the parts ({seeds})")
+    # a part may hold only strategies that never measure the T2I model (e.g. fedmd, creamfl run
+    # in their own lane): they take the pre-trained scores of the same seed from the other parts
+    for seed in {r["seed"] for runs in merged.values() for r in runs}:
+        _share_initial_t2i_scores([r for runs in merged.values() for r in runs if r["seed"] == seed])
     return merged
 
 
@@ -351,7 +355,7 @@ def _share_initial_t2i_scores(summaries: list[dict[str, Any]]) -> None:
     """Give every run of a seed the pre-trained model's scores, measured once by the same protocol
     and seed in a sibling run; strategies that never change the T2I model (local, fedavg, fedmd,
     creamfl) also keep them as their final scores."""
-    start = next((s for s in summaries if not np.isnan(s["gen_acc_round0"])), None)
+    start = next((s for s in summaries if not np.isnan(s.get("gen_acc_round0", np.nan))), None)
     if start is None:
         return
     for summary in summaries:

@@ -53,3 +53,20 @@ def test_merge_rejects_a_seed_run_twice():
 
     with pytest.raises(ValueError, match="twice"):
         merge_results([{"local": [_run(0, 0.1)]}, {"local": [_run(0, 0.2)]}])
+
+
+def test_merge_gives_a_lane_without_t2i_scores_the_pre_trained_ones_of_its_seed():
+    from fedmmkt_strategy.compare import merge_results
+
+    nan = float("nan")
+    measured = {"seed": 1, "gen_acc_round0": 0.6, "fid_round0": 12.0, "gen_acc": 0.65, "fid": 13.0, "rounds": {}}
+    for key in ("gen_acc_confused_round0", "gen_acc_clean_round0", "gen_acc_confused", "gen_acc_clean"):
+        measured[key] = 0.5
+    unmeasured = {"seed": 1, "gen_acc_round0": nan, "fid_round0": nan, "gen_acc": nan, "fid": nan, "rounds": {}}
+    for key in ("gen_acc_confused_round0", "gen_acc_clean_round0", "gen_acc_confused", "gen_acc_clean"):
+        unmeasured[key] = nan
+    merged = merge_results([{"fedmmkt": [measured]}, {"fedmd": [unmeasured]}])
+    fedmd = merged["fedmd"][0]
+    assert fedmd["gen_acc"] == fedmd["gen_acc_round0"] == 0.6  # never changes the T2I model
+    assert fedmd["rounds"]["gen_acc"] == [[0, 0.6]]
+    assert merged["fedmmkt"][0]["gen_acc"] == 0.65
