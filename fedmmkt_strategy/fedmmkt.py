@@ -52,7 +52,7 @@ from fedmmkt_strategy.generative.synthesis import (
     synthesize,
     world_prompts,
 )
-from fedmmkt_strategy.generative.t2i import default_size, denoiser_state, load_denoiser_state
+from fedmmkt_strategy.generative.t2i import denoiser_state, load_denoiser_state
 from fedmmkt_strategy.labvote import (
     VoteResult,
     confirmed,
@@ -72,7 +72,7 @@ from fedmmkt_strategy.server_models import (
     caption_anchors,
     load_server_models,
     misdrawn_prompt_classes,
-    public_pairs,
+    public_replay,
 )
 from fedmmkt_strategy.validation import check_inference_reply
 from task_models import splits
@@ -428,13 +428,7 @@ class FedMMKT(FederatedStrategy):
                 replay_fraction=cfg.t2i_replay_fraction,
                 use_lora={"auto": None, "on": True, "off": False}[cfg.t2i_lora],
             )
-            replay = None
-            if cfg.t2i_replay_fraction > 0:
-                images, captions = public_pairs(cfg)
-                images = resize_images(images, default_size(self.models.pipe))
-                flat = [c for caps in captions for c in caps]
-                index = np.repeat(np.arange(len(images)), [len(c) for c in captions])
-                replay = PairSet.encode(self.models.pipe, images, flat, image_index=index)
+            replay = public_replay(self.models.pipe, cfg) if cfg.t2i_replay_fraction > 0 else None
             self.tuner = DenoiserFineTuner(self.models.pipe, settings, replay)
         return self.tuner
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from flwr.app import ArrayRecord
 
 from client_app.app import app as client_app
@@ -10,7 +11,7 @@ from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.factory import build_strategy
 from fedmmkt_strategy.inprocess import InProcessGrid
 from fedmmkt_strategy.results import RunRecorder, make_run_dir
-from fedmmkt_strategy.server_models import load_server_models
+from fedmmkt_strategy.server_models import load_server_models, public_replay, weights_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,15 @@ def _run(tmp_path, micro_run_config, models, strategy, grid=None, **overrides):
     )
     recorder.write()
     return grid, json.loads((recorder.run_dir / "metrics.json").read_text()), recorder.run_dir
+
+
+def test_runs_of_one_process_share_the_encoded_public_replay_of_equal_weights(micro_run_config):
+    config = RunConfig.from_run_config(micro_run_config)
+    first, second = load_server_models(config).pipe, load_server_models(config).pipe
+    assert public_replay(first, config) is public_replay(second, config)  # loaded twice, encoded once
+    with torch.no_grad():
+        next(second.vae.parameters()).add_(1e-3)
+    assert weights_fingerprint(second.vae) != weights_fingerprint(first.vae)  # other weights: a new encoding
 
 
 def test_fedmmkt_round_reports_every_diagnostic(tmp_path, micro_run_config, models):
