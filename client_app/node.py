@@ -23,7 +23,7 @@ from task_models.client_data import ClientData, load_client_data
 from task_models.layout import NodeRole
 from task_models.modality import to_model_input
 from task_models.models import TaskModel
-from task_models.node_config import resolve_role
+from task_models.node_config import parse_node_config, resolve_role
 from task_models.registry import ModelSpec, build_task_model
 from task_models.training import TrainSettings, fit_to_convergence
 from task_models.world import World
@@ -67,7 +67,7 @@ class ClientNode:
     @classmethod
     def from_context(cls, context: Context) -> ClientNode:
         config = RunConfig.from_run_config(context.run_config)
-        partition_id = int(context.node_config["partition-id"])
+        partition_id = parse_node_config(context.node_config).partition_id
         role = resolve_role(context.node_config, config.layout)  # node-config keys override the layout
         world = config.world()
         data = load_client_data(

@@ -23,26 +23,7 @@ from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.replies import PhaseOutcome, collect_replies, failed_nodes, require_quorum
 from fedmmkt_strategy.results import RunRecorder
 from fedmmkt_strategy.sampling import NodeSampler
-
-_CLIENT_KEYS = (P.MODALITY, P.ARCHITECTURE, P.PARTITION, P.NUM_PARTITIONS, P.PARTITION_ID)
-
-
-def check_metrics_reply(reply: Message, required: tuple[str, ...]) -> str | None:
-    """A train/evaluate reply must describe its node and carry finite metrics `required`."""
-    content = reply.content
-    if P.CLIENT not in content.config_records:
-        return f"missing ConfigRecord {P.CLIENT!r}"
-    missing = [k for k in _CLIENT_KEYS if k not in content.config_records[P.CLIENT]]
-    if missing:
-        return f"{P.CLIENT!r} lacks keys {missing}"
-    if P.METRICS not in content.metric_records:
-        return f"missing MetricRecord {P.METRICS!r}"
-    metrics = content.metric_records[P.METRICS]
-    for key in required:
-        value = metrics.get(key)
-        if not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
-            return f"metric {key!r} is missing or not a finite number"
-    return None
+from fedmmkt_strategy.validation import check_metrics_reply
 
 
 class FederatedStrategy(Strategy):
@@ -84,6 +65,11 @@ class FederatedStrategy(Strategy):
     def evaluate_content(self, server_round: int, node_id: int) -> RecordDict:
         """Records of the evaluate message to one node."""
         return RecordDict({P.CONFIG: ConfigRecord({P.SERVER_ROUND: server_round})})
+
+    def screen_train(self, server_round: int, outcome: PhaseOutcome) -> dict[int, str]:
+        """Node -> reason, for train replies that pass one by one but not next to the others (e.g.
+        weights of another shape than the group's); none by default."""
+        return {}
 
     def after_train(self, server_round: int, outcome: PhaseOutcome) -> None:
         """Use the accepted train replies (e.g. average weights); nothing by default."""
@@ -143,6 +129,17 @@ class FederatedStrategy(Strategy):
         require_quorum(phase, outcome, self.config.min_reply_fraction, self.config.min_nodes)
         return outcome
 
+    def exclude(self, phase: str, server_round: int, outcome: PhaseOutcome, reasons: dict[int, str]) -> None:
+        """Move accepted replies that a later check refused to the phase's failures (one node is
+        never both), then hold the phase to its quorum again."""
+        for node, reason in sorted(reasons.items()):
+            del outcome.ok[node]
+            outcome.failed[node] = reason
+            self.recorder.failure(server_round, phase, node, reason)
+            log(WARNING, "%s: node %d excluded: %s", phase, node, reason)
+        if reasons:
+            require_quorum(phase, outcome, self.config.min_reply_fraction, self.config.min_nodes)
+
     # ------------------------------------------------------------------ Strategy API
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -159,6 +156,7 @@ class FederatedStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self.recorder.server(server_round, time_distill_phase_s=time.perf_counter() - self._phase_start)
         outcome = self.receive(P.TRAIN_DISTILL, server_round, replies, self.check_train_reply)
+        self.exclude(P.TRAIN_DISTILL, server_round, outcome, self.screen_train(server_round, outcome))
         losses = []
         for node, reply in outcome.ok.items():
             metrics = reply.content.metric_records[P.METRICS]

@@ -92,11 +92,33 @@ def save_checkpoint(run_dir: Path, state: Mapping[str, Any]) -> Path:
     return path
 
 
+#: Top-level keys of every checkpoint (`FederatedStrategy.save_checkpoint`).
+CHECKPOINT_KEYS = ("version", "round", "config", "rng", "recorder", "strategy")
+_WHAT_TO_DO = (
+    "resume another run's folder, or start a new run (leave `resume` empty); nothing in the results folder was changed"
+)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` (tensors and plain containers only)."""
-    state = torch.load(path, weights_only=True)
-    if state.get("version") != FORMAT_VERSION:
-        raise ConfigError(f"resume: {path} has checkpoint format {state.get('version')}, expected {FORMAT_VERSION}")
+    """Read a checkpoint written by `save_checkpoint` (tensors and plain containers only).
+
+    A truncated, empty, random or foreign file (one that is not tensors and containers, which
+    `weights_only` refuses to unpickle) fails with one line naming the `resume` key, the file,
+    what is wrong and what to do, never a raw `EOFError` or `UnpicklingError`."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every way a file can fail to load is the same answer
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"resume: {path} is not a readable checkpoint ({reason[:200]}); {_WHAT_TO_DO}") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"resume: {path} holds a {type(state).__name__}, not a checkpoint; {_WHAT_TO_DO}")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise ConfigError(f"resume: {path} lacks {missing}, so it is not a complete checkpoint; {_WHAT_TO_DO}")
+    if state["version"] != FORMAT_VERSION:
+        raise ConfigError(f"resume: {path} has checkpoint format {state['version']}, expected {FORMAT_VERSION}")
+    if not isinstance(state["round"], int) or not isinstance(state["config"], dict):
+        raise ConfigError(f"resume: {path} has a malformed round or config; {_WHAT_TO_DO}")
     return state
 
 

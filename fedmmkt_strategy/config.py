@@ -20,6 +20,11 @@ from task_models.world import World, build_world
 
 STRATEGY_NAMES = ("local", "fedavg", "fedmd", "creamfl", "self-ft", "fedmmkt")
 StrategyName = Literal["local", "fedavg", "fedmd", "creamfl", "self-ft", "fedmmkt"]
+#: Seeds are combined into others (`seed * 1000 + round`, numpy's and torch's generators): keep
+#: them far from 2^63.
+MAX_SEED = 2**31 - 1
+#: The cross-attention heads of the fusion (`fusion.CrossModalFusion`): `fusion-dim` must split into them.
+FUSION_HEADS = 4
 #: The toy world's server models, built by pre-training into the cache (see `fedmmkt pretrain`).
 LOCAL_TOY_MODEL = "local:tiny-flowers"
 
@@ -35,14 +40,18 @@ def _kebab(name: str) -> str:
 class RunConfig(BaseModel):
     """Validated run configuration; field names are the run-config keys with '-' written '_'."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=_kebab, populate_by_name=True)
+    # strict: `true` is not an int and 1.0 is not a step count; no NaN or Inf anywhere (`lr = inf`
+    # would "complete" a run with NaN losses). Upper bounds keep sizes within memory.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=_kebab, populate_by_name=True, strict=True, allow_inf_nan=False
+    )
 
     # -- federation
     strategy: StrategyName = "fedmmkt"
-    num_server_rounds: int = Field(5, ge=1)
-    seed: int = Field(0, ge=0)
+    num_server_rounds: int = Field(5, ge=1, le=100_000)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     client_layout: str = "image:cnn,image:resnet,image:cnn-small,image:vit,text:gru,text:transformer,text:gru,text:bow"
-    dirichlet_alpha: float = Field(0.1, gt=0)
+    dirichlet_alpha: float = Field(0.1, gt=0, le=1e6)
     local_test_fraction: float = Field(0.2, gt=0, lt=1)
     local_val_fraction: float = Field(0.15, ge=0, lt=1)
     # -- the world: "toy" (offline default) or "hf" (paper profile, a Hugging Face image-text dataset)
@@ -52,27 +61,27 @@ class RunConfig(BaseModel):
     hf_image_column: str = "image"
     hf_text_column: str = "text"
     hf_label_column: str = "label"
-    hf_max_samples: int = Field(0, ge=0)
+    hf_max_samples: int = Field(0, ge=0, le=100_000_000)
     hf_prompt_template: str = "a photo of a {}"
     text_tokenizer: str = ""
     client_pretrained: bool = False
     client_width_scale: float = Field(1.0, gt=0, le=1)
     # -- toy domain
     image_size: int = Field(32, ge=16, le=1024)
-    pool_size: int = Field(4000, ge=100)
-    test_per_class: int = Field(20, ge=1)
+    pool_size: int = Field(4000, ge=100, le=1_000_000)
+    test_per_class: int = Field(20, ge=1, le=10_000)
     caption_partial_rate: float = Field(0.4, ge=0, le=1)
     public_confusion_rate: float = Field(0.6, ge=0, le=1)
     sensor_missing_rate: float = Field(0.15, ge=0, lt=1)
     # -- client training
-    local_epochs: int = Field(2, ge=1)
-    client_warmup_epochs: int = Field(100, ge=0)
+    local_epochs: int = Field(2, ge=1, le=10_000)
+    client_warmup_epochs: int = Field(100, ge=0, le=10_000)
     client_warmup_patience: int = Field(10, ge=1)
     client_augment: Literal["none", "blur-noise"] = "blur-noise"
-    lr: float = Field(2e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
-    fusion_dim: int = Field(128, ge=2)
-    distill_temperature: float = Field(2.0, gt=0)
+    lr: float = Field(2e-3, gt=0, le=10)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    fusion_dim: int = Field(128, ge=FUSION_HEADS, le=4096)
+    distill_temperature: float = Field(2.0, ge=0.05, le=100)
     lambda_kl: float = Field(1.0, ge=0)
     lambda_rep: float = Field(0.5, ge=0)
     distill_passes: float = Field(2.0, ge=0)
@@ -80,34 +89,34 @@ class RunConfig(BaseModel):
     t2i_model: str = LOCAL_TOY_MODEL
     captioner_model: str = LOCAL_TOY_MODEL
     cache_dir: str = ""
-    pretrain_seed: int = Field(0, ge=0)
+    pretrain_seed: int = Field(0, ge=0, le=MAX_SEED)
     pretrain_judge_epochs: int = Field(60, ge=1)
     pretrain_vae_steps: int = Field(400, ge=1)
     pretrain_t2i_steps: int = Field(2200, ge=1)
-    pretrain_t2i_lr: float = Field(1e-3, gt=0)
+    pretrain_t2i_lr: float = Field(1e-3, gt=0, le=1)
     pretrain_captioner_steps: int = Field(3600, ge=1)
-    pretrain_eval_per_class: int = Field(10, ge=1)
+    pretrain_eval_per_class: int = Field(10, ge=1, le=1000)
     pretrain_holdout_classes: str = ""
     # -- step 1: synthesis
-    synthetic_size: int = Field(384, ge=2)
+    synthetic_size: int = Field(384, ge=2, le=100_000)
     refresh_fraction: float = Field(0.5, ge=0, le=1)
     sampling_steps: int = Field(25, ge=1)
     guidance_scale: float = Field(3.0, ge=1)
-    generation_batch_size: int = Field(64, ge=1)
+    generation_batch_size: int = Field(64, ge=1, le=4096)
     # -- steps 3-5: LabVote, MultiRepFusion, T2I update (ablation switches: use-*)
     labvote_beta: float = Field(0.5, ge=0, le=1)
     labvote_prompt_mix: float = Field(0.0, ge=0, le=1)
     labvote_class_weights: Literal["none", "label-counts"] = "label-counts"
-    contrastive_tau: float = Field(0.1, gt=0)
-    contrastive_batch: int = Field(1024, ge=2)
+    contrastive_tau: float = Field(0.1, ge=1e-3, le=100)
+    contrastive_batch: int = Field(1024, ge=2, le=100_000)
     fusion_steps: int = Field(50, ge=0)
-    fusion_lr: float = Field(1e-3, gt=0)
+    fusion_lr: float = Field(1e-3, gt=0, le=1)
     fusion_other_modalities: Literal["attention", "mean"] = "attention"
     t2i_steps_per_round: int = Field(20, ge=0)
     t2i_update_fraction: float = Field(1.0, gt=0, le=1)
     t2i_pairs: Literal["voted", "confirmed"] = "confirmed"
-    t2i_lr: float = Field(5e-5, gt=0)
-    t2i_batch_size: int = Field(32, ge=1)
+    t2i_lr: float = Field(5e-5, gt=0, le=1)
+    t2i_batch_size: int = Field(32, ge=1, le=4096)
     t2i_warmup_steps: int = Field(10, ge=0)
     t2i_ema_decay: float = Field(0.9, ge=0, lt=1)
     t2i_replay_fraction: float = Field(0.75, ge=0, lt=1)
@@ -120,8 +129,8 @@ class RunConfig(BaseModel):
     use_t2i_update: bool = True
     # -- T2I quality (GenAcc, domain FID, sample grid)
     t2i_eval_every: int = Field(2, ge=0)
-    t2i_eval_per_class: int = Field(4, ge=1)
-    t2i_final_eval_per_class: int = Field(10, ge=1)
+    t2i_eval_per_class: int = Field(4, ge=1, le=1000)
+    t2i_final_eval_per_class: int = Field(10, ge=1, le=1000)
     t2i_eval_initial: bool = True
     clip_model: str = ""
     standard_fid: bool = False
@@ -170,6 +179,8 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _world_is_consistent(self) -> RunConfig:
+        if self.fusion_dim % FUSION_HEADS:
+            raise ValueError(f"fusion-dim = {self.fusion_dim} must be a multiple of the {FUSION_HEADS} attention heads")
         if self.local_test_fraction + self.local_val_fraction >= 1:
             raise ValueError(
                 f"local-test-fraction + local-val-fraction = {self.local_test_fraction + self.local_val_fraction:g}:"

@@ -74,7 +74,7 @@ from fedmmkt_strategy.server_models import (
     misdrawn_prompt_classes,
     public_replay,
 )
-from fedmmkt_strategy.validation import check_inference_reply
+from fedmmkt_strategy.validation import check_inference_reply, sendable
 from task_models import splits
 from task_models.modality import MODALITIES
 from task_models.sensor import from_captions as sensor_from_captions
@@ -370,8 +370,10 @@ class FedMMKT(FederatedStrategy):
         if self.use_cross_attention and len(tokens) > 1:
             if self.fusion is None:
                 torch.manual_seed(self.config.seed)
+                # every modality of the layout, not only this round's: any may be missing in a round
+                layout = {entry.modality for entry in self.config.layout}
                 self.fusion = CrossModalFusion(
-                    list(tokens),
+                    [m for m in MODALITIES if m in layout or m in tokens],
                     self.config.fusion_dim,
                     self.world.num_classes,
                     others=self.config.fusion_other_modalities,
@@ -439,10 +441,16 @@ class FedMMKT(FederatedStrategy):
         kept = vote.kept_indices
         if len(kept) == 0:
             return {}
+        send_labels = (
+            self.send_soft_labels
+            and sendable("voted soft labels", vote.soft_labels[kept], non_negative=True)
+            and sendable("vote confidences", vote.confidence[kept], non_negative=True)
+        )
+        fused = {m: f for m, f in fused.items() if sendable(f"{m} fused targets", f)}
         targets = {}
         for node in outcome.ok:
             record = ArrayRecord({P.INDICES: Array(kept.astype(np.int64))})
-            if self.send_soft_labels:
+            if send_labels:
                 record[P.SOFT_LABELS] = Array(vote.soft_labels[kept])
                 record[P.WEIGHTS] = Array(np.ascontiguousarray(vote.confidence[kept], np.float32))
             modality = self.clients[node][P.MODALITY]

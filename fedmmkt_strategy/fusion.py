@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedmmkt_strategy.config import FUSION_HEADS
+
 
 @torch.no_grad()
 def contrastive_scores(
@@ -95,7 +97,9 @@ class CrossModalFusion(nn.Module):
         as a set; "mean" averages them into one token first (identical with two modalities).
     """
 
-    def __init__(self, modalities: list[str], dim: int, num_classes: int, heads: int = 4, others: str = "attention"):
+    def __init__(
+        self, modalities: list[str], dim: int, num_classes: int, heads: int = FUSION_HEADS, others: str = "attention"
+    ):
         super().__init__()
         if others not in ("attention", "mean"):
             raise ValueError(f"others must be 'attention' or 'mean', got {others!r}")
@@ -109,10 +113,17 @@ class CrossModalFusion(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """tokens: modality -> [B, d]. Returns modality -> fused [B, d] (not normalised)."""
+        """tokens: modality -> [B, d], for the modalities that answered this round (any of the
+        module's may be missing: a node fails, a modality is left unsampled). Returns modality ->
+        fused [B, d] (not normalised) for those; alone, a modality has nothing to attend to and
+        keeps its token."""
+        present = [m for m in self.modalities if m in tokens]
         fused = {}
-        for m in self.modalities:
-            others = [tokens[o] + self.modality_embedding[o] for o in self.modalities if o != m]
+        for m in present:
+            others = [tokens[o] + self.modality_embedding[o] for o in present if o != m]
+            if not others:
+                fused[m] = tokens[m]
+                continue
             query = tokens[m].unsqueeze(1)  # [B, 1, d]
             keys = torch.stack(others, dim=1)  # [B, M-1, d]: a set of tokens
             if self.others == "mean":
@@ -156,7 +167,8 @@ def train_fusion(
             (F.cross_entropy(module.head(f), labels[idx], reduction="none") * confidence[idx]).mean()
             for f in fused.values()
         ) / len(fused)
-        pairs = [(a, b) for i, a in enumerate(module.modalities) for b in module.modalities[i + 1 :]]
+        names = list(fused)
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
         nce = sum(info_nce(fused[a], fused[b]) for a, b in pairs) / max(len(pairs), 1)
         loss = ce + nce
         optimiser.zero_grad(set_to_none=True)
@@ -172,7 +184,7 @@ def fuse(module: CrossModalFusion, tokens: dict[str, torch.Tensor], batch_size: 
     """Fused, L2-normalised vectors per modality, in batches."""
     module.eval()
     n = len(next(iter(tokens.values())))
-    out: dict[str, list[torch.Tensor]] = {m: [] for m in module.modalities}
+    out: dict[str, list[torch.Tensor]] = {m: [] for m in module.modalities if m in tokens}
     for start in range(0, n, batch_size):
         fused = module({m: t[start : start + batch_size] for m, t in tokens.items()})
         for m, f in fused.items():

@@ -48,6 +48,15 @@ NUM_PARTITIONS = "num-partitions"
 PARTITION_ID = "partition-id"
 LABEL_COUNTS = "label-counts"  # list[int] [C]: private training examples per class (only on request)
 
+#: Top-level records of each reply type: (required, optional). A reply with any other record is
+#: rejected unread: an extra record is a privacy leak (raw data next to the inference) and a
+#: memory risk, never something the server needs.
+UPLINK_RECORDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    QUERY_INFER: (frozenset({INFERENCE, CLIENT}), frozenset()),
+    TRAIN_DISTILL: (frozenset({METRICS, CLIENT}), frozenset({ARRAYS})),
+    EVALUATE: (frozenset({METRICS, CLIENT}), frozenset()),
+}
+
 # keys inside INFERENCE
 PROBS = "probs"  # float32 [N, C]
 ENTROPY = "entropy"  # float32 [N], natural log

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 
 from fedmmkt_strategy.base import FederatedStrategy
 from fedmmkt_strategy.checkpoint import CHECKPOINT_FILE, check_resumable, load_checkpoint, resolve_resume, restore_rng
-from fedmmkt_strategy.config import RunConfig
+from fedmmkt_strategy.config import ConfigError, RunConfig
 from fedmmkt_strategy.factory import build_strategy
 from fedmmkt_strategy.results import RunRecorder, make_run_dir
 from fedmmkt_strategy.server_models import ServerModels
@@ -60,11 +60,17 @@ def resume_federation(grid: Grid, config: RunConfig, models: ServerModels | None
     completed = int(state["round"])
     check_resumable(state["config"], config, completed)
     recorder = RunRecorder(run_dir, config.as_run_config(), config.strategy)
-    recorder.load_state_dict(state["recorder"])
+    try:
+        recorder.load_state_dict(state["recorder"])
+    except _STATE_ERRORS as err:
+        raise _damaged(run_dir, config, err) from None
     recorder.resumes.append({"after_round": completed, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
     strategy = build_strategy(config, recorder, models)
-    strategy.load_state_dict(state["strategy"])
-    restore_rng(state["rng"])  # last: building the strategy may have drawn random numbers
+    try:
+        strategy.load_state_dict(state["strategy"])
+        restore_rng(state["rng"])  # last: building the strategy may have drawn random numbers
+    except _STATE_ERRORS as err:
+        raise _damaged(run_dir, config, err) from None
     log(INFO, "resuming %s after round %d of %d", run_dir, completed, config.num_server_rounds)
     try:
         run_rounds(strategy, grid, completed + 1, config.num_server_rounds, config.round_timeout)
@@ -72,6 +78,20 @@ def resume_federation(grid: Grid, config: RunConfig, models: ServerModels | None
         recorder.write()
     log(INFO, "results: %s (metrics.json, metrics.csv, accuracy.png, samples/)", run_dir)
     return run_dir
+
+
+#: What restoring a checkpoint of the wrong structure raises (a missing key, a wrong type or shape).
+_STATE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError)
+
+
+def _damaged(run_dir: Path, config: RunConfig, err: Exception) -> ConfigError:
+    """One line for a checkpoint that loads but does not hold a run's state: which file, what is
+    wrong, what to do (nothing has been written yet: the folder is as it was)."""
+    return ConfigError(
+        f"resume: {run_dir / CHECKPOINT_FILE} does not hold the state of a {config.strategy} run "
+        f"({type(err).__name__}: {err}); resume another run's folder, or start a new run "
+        "(leave `resume` empty); nothing in the results folder was changed"
+    )
 
 
 def run_rounds(strategy: FederatedStrategy, grid: Grid, first: int, last: int, timeout: float) -> None:

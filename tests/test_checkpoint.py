@@ -25,8 +25,13 @@ def test_rng_state_round_trips():
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
 
 
+#: The keys every checkpoint has (`FederatedStrategy.save_checkpoint`), empty.
+SKELETON = {"round": 1, "config": {}, "rng": {}, "recorder": {}, "strategy": {}}
+
+
 def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
-    ckpt.save_checkpoint(tmp_path, {"round": 1, "pool": {"images": np.zeros((2, 3), np.uint8), "captions": ["a"]}})
+    pool = {"images": np.zeros((2, 3), np.uint8), "captions": ["a"]}
+    ckpt.save_checkpoint(tmp_path, {**SKELETON, "pool": pool})
 
     def dies_halfway(obj, fh):
         fh.write(b"half a checkpoint")
@@ -34,7 +39,7 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypa
 
     monkeypatch.setattr(torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
-        ckpt.save_checkpoint(tmp_path, {"round": 2})
+        ckpt.save_checkpoint(tmp_path, {**SKELETON, "round": 2})
     state = ckpt.load_checkpoint(tmp_path / ckpt.CHECKPOINT_FILE)
     assert state["round"] == 1 and state["pool"]["captions"] == ["a"]
     assert state["pool"]["images"].dtype == torch.uint8
@@ -56,7 +61,7 @@ def test_lora_adapters_round_trip_into_a_fresh_pipeline(tmp_path, micro_run_conf
     tuned, fresh = load_server_models(config).pipe, load_server_models(config).pipe
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
     finetune_denoiser(tuned, images, ["a red flower"] * 4, steps=1, lr=1e-2, batch_size=2, seed=0, use_lora=True)
-    state = ckpt.load_checkpoint(ckpt.save_checkpoint(tmp_path, {"d": denoiser_state(tuned)}))
+    state = ckpt.load_checkpoint(ckpt.save_checkpoint(tmp_path, {**SKELETON, "d": denoiser_state(tuned)}))
     assert state["d"]["kind"] == "lora" and all("lora" in k for k in state["d"]["weights"])
     load_denoiser_state(fresh, state["d"])
     latents, text = torch.randn(1, 4, 16, 16), torch.randn(1, 24, 128)
@@ -109,3 +114,55 @@ def test_a_crashed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, micro_
     assert comparable(b) == comparable(a)
     assert b["resumes"][0]["after_round"] == 1
     assert "gen_acc" in b["rounds"][-1]["server"] and "reliability" in b["rounds"][-1]["clients"][0]
+
+
+def _write(path, kind: str) -> None:
+    import pickle
+
+    good = {"version": ckpt.FORMAT_VERSION, **SKELETON}
+    if kind == "truncated":
+        torch.save(good, path)
+        path.write_bytes(path.read_bytes()[:40])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "foreign pickle":  # an arbitrary object: weights_only refuses to unpickle it
+        path.write_bytes(pickle.dumps(ConfigError("not a checkpoint")))
+    elif kind == "wrong structure":
+        torch.save([1, 2, 3], path)
+    elif kind == "key-less":
+        torch.save({"version": ckpt.FORMAT_VERSION}, path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("truncated", "is not a readable checkpoint"),
+        ("empty", "is not a readable checkpoint"),
+        ("random", "is not a readable checkpoint"),
+        ("foreign pickle", "is not a readable checkpoint"),
+        ("wrong structure", "holds a list, not a checkpoint"),
+        ("key-less", "lacks ['round', 'config', 'rng', 'recorder', 'strategy']"),
+    ],
+)
+def test_a_damaged_checkpoint_fails_with_one_line_naming_resume_and_the_file(tmp_path, kind, expected):
+    path = tmp_path / ckpt.CHECKPOINT_FILE
+    _write(path, kind)
+    with pytest.raises(ConfigError) as err:
+        ckpt.load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"resume: {path}") and expected in message and "start a new run" in message
+    assert "\n" not in message
+
+
+def test_a_checkpoint_of_the_wrong_state_changes_nothing_in_the_folder(tmp_path):
+    from fedmmkt_strategy.runner import resume_federation
+
+    config = RunConfig(strategy="local", resume=str(tmp_path), results_dir=str(tmp_path))
+    state = {"round": 1, "config": config.as_run_config(), "rng": {}, "recorder": {"rounds": 3}, "strategy": {}}
+    ckpt.save_checkpoint(tmp_path, state)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    with pytest.raises(ConfigError, match="does not hold the state of a local run"):
+        resume_federation(None, config)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before

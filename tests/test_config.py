@@ -37,6 +37,19 @@ def test_every_strategy_name_has_an_implementation():
         ),
         ({"image-size": 48}, "image-size = 48"),
         ({"typo-key": 1}, "typo-key: unknown key; known keys:"),
+        # values that used to pass and fail later (issue #14)
+        ({"num-server-rounds": True}, "num-server-rounds = True: Input should be a valid integer"),
+        ({"synthetic-size": 96.0}, "synthetic-size = 96.0: Input should be a valid integer"),
+        ({"lr": float("inf")}, "lr = inf: Input should be a finite number"),
+        ({"dirichlet-alpha": float("inf")}, "dirichlet-alpha = inf: Input should be a finite number"),
+        ({"labvote-beta": float("nan")}, "labvote-beta = nan: Input should be a finite number"),
+        ({"seed": 2**63}, "seed = 9223372036854775808: Input should be less than or equal to 2147483647"),
+        ({"contrastive-tau": 1e-300}, "contrastive-tau = 1e-300: Input should be greater than or equal to 0.001"),
+        ({"fusion-dim": 130}, "fusion-dim = 130 must be a multiple of the 4 attention heads"),
+        ({"pool-size": 10**12}, "pool-size = 1000000000000: Input should be less than or equal to 1000000"),
+        ({"synthetic-size": 10**12}, "synthetic-size = 1000000000000"),
+        ({"use-labvote": 1}, "use-labvote = 1: Input should be a valid boolean"),
+        ({"run-name": 3}, "run-name = 3: Input should be a valid string"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(override, expected):

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -78,3 +79,16 @@ def test_fusion_training_reduces_its_loss():
     first = train_fusion(module, tokens, labels, torch.ones(64), steps=1, seed=0)
     last = train_fusion(module, tokens, labels, torch.ones(64), steps=60, lr=3e-3, seed=0)
     assert last["fusion_ce"] < first["fusion_ce"]
+
+
+def test_the_fusion_works_on_the_modalities_a_round_has():
+    """A module built for three modalities fuses, trains on and attends among any two of them."""
+    torch.manual_seed(0)
+    module = CrossModalFusion(["image", "text", "sensor"], dim=8, num_classes=3, heads=2)
+    tokens = {"image": torch.randn(6, 8), "sensor": torch.randn(6, 8)}
+    losses = train_fusion(module, tokens, torch.tensor([0, 1, 2, 0, 1, 2]), torch.ones(6), steps=2)
+    assert all(np.isfinite(v) for v in losses.values())
+    fused = fuse(module, tokens)
+    assert set(fused) == {"image", "sensor"} and all(np.isfinite(f).all() for f in fused.values())
+    alone = fuse(module, {"text": tokens["image"]})  # nothing to attend to: the token itself, normalised
+    assert np.allclose(alone["text"], F.normalize(tokens["image"], dim=-1).numpy(), atol=1e-6)

@@ -42,6 +42,8 @@ def test_a_node_that_changes_modality_must_say_which_data_it_holds():
         ({"partition-id": 0, "num-partitions": 3, "modality": "text", "architecture": "cnn"}, "is a image model"),
         ({"partition-id": 0, "num-partitions": 3, "modality": "text"}, "no architecture"),
         ({"partition-id": 0, "num-partitions": 3, "data-partition": 0}, "must be given together"),
+        ({"partition-id": True, "num-partitions": 3}, "partition-id: Input should be a valid integer"),
+        ({"partition-id": 0, "num-partitions": 3, "modality": 3}, "modality: Input should be a valid string"),
     ],
 )
 def test_bad_node_configs_name_the_key(config, message):

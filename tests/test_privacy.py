@@ -173,24 +173,21 @@ def test_differentially_private_uploads_are_accepted_and_accounted(tmp_path, mic
 def test_privatized_outputs_cast_to_float16_pass_the_float16_checks():
     """DP in float32 first, then the cast (client_app.app.query_infer): the noisy, projected
     rows survive float16 rounding within the server's float16 tolerances."""
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+    from flwr.app import Array, ArrayRecord, RecordDict
 
-    from fedmmkt_strategy.inprocess import ensure_task_identity
     from fedmmkt_strategy.validation import check_inference_reply
+    from tests.messages import client_description, reply_to
 
     rng = np.random.default_rng(2)
     probs = rng.dirichlet(np.ones(102), size=64).astype(np.float32)
     emb = rng.normal(size=(64, 16)).astype(np.float32)
     p, h, e = privacy.privatize(probs, emb, clip=1.0, noise_multiplier=2.0, rng=rng)
     assert p.dtype == np.float32  # noise and projection happen before any cast
-    ensure_task_identity()
-    query = Message(RecordDict(), dst_node_id=7, message_type=P.QUERY_INFER)
-    query.metadata.__dict__["_message_id"] = "q"
     arrays = {P.PROBS: p, P.ENTROPY: h, P.EMBEDDING: e}
     content = RecordDict(
         {
             P.INFERENCE: ArrayRecord({k: Array(v.astype(np.float16)) for k, v in arrays.items()}),
-            P.CLIENT: ConfigRecord({P.MODALITY: "image"}),
+            P.CLIENT: client_description(),
         }
     )
-    assert check_inference_reply(Message(content, reply_to=query), 64, 102, 16, "float16") is None
+    assert check_inference_reply(reply_to(P.QUERY_INFER, content), 64, 102, 16, "float16") is None

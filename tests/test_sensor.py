@@ -122,3 +122,30 @@ def test_fedmmkt_round_with_three_modalities(tmp_path, micro_run_config, others)
     assert set(strategy.fusion.modalities) == {"image", "text", "sensor"} and strategy.fusion.others == others
     sensor_nodes = [n for n, ctx in grid.contexts.items() if ctx.node_config["partition-id"] in (2, 3)]
     assert all("sensors" in grid.contexts[n].state["synthetic"] for n in sensor_nodes)
+
+
+def test_a_modality_missing_from_a_round_does_not_end_the_run(tmp_path, micro_run_config):
+    """Both sensor nodes fail round 1's query: the fusion is built for the layout's three
+    modalities and fuses the two that answered; in round 2 the sensors are back."""
+    from tests.faults import Fault, FaultInjector
+
+    rc = {**micro_run_config, "client-layout": THREE_MODALITIES, "labvote-beta": 1.0, "results-dir": str(tmp_path)}
+    config = RunConfig.from_run_config(rc)
+    grid = InProcessGrid(client_app, rc, 4)
+    sensors = [n for n, ctx in grid.contexts.items() if ctx.node_config["partition-id"] in (2, 3)]
+    faults = FaultInjector(grid, {n: Fault("raise", "query.infer", server_round=1) for n in sensors})
+    recorder = RunRecorder(make_run_dir(config.results_path, "fedmmkt"), config.as_run_config(), "fedmmkt")
+    strategy = build_strategy(config, recorder)
+    try:
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=2, timeout=60)
+    finally:
+        faults.release()
+    recorder.write()
+    metrics = json.loads((recorder.run_dir / "metrics.json").read_text())
+    assert {(f["round"], f["phase"], f["node_id"]) for f in metrics["failures"]} == {
+        (1, "query.infer", n) for n in sensors
+    }
+    assert strategy.fusion.modalities == ["image", "text", "sensor"]
+    first, second = (r["server"] for r in metrics["rounds"][1:3])
+    assert "fusion_nce" in first and "sensor_alpha_entropy" not in first
+    assert "sensor_alpha_entropy" in second and "fusion_nce" in second

@@ -4,11 +4,11 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 from fedmmkt_strategy import protocol as P
-from fedmmkt_strategy.inprocess import ensure_task_identity
 from fedmmkt_strategy.validation import check_inference_reply
+from tests.messages import client_description, reply_to
 
 N, C, D = 5, 4, 8
 
@@ -19,18 +19,19 @@ def _valid_arrays() -> dict[str, np.ndarray]:
     return {
         P.PROBS: p,
         P.ENTROPY: -(p * np.log(p)).sum(1).astype(np.float32),
-        P.EMBEDDING: rng.normal(size=(N, D)).astype(np.float32),
+        P.EMBEDDING: unit_rows(rng.normal(size=(N, D))).astype(np.float32),
     }
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def _reply(arrays: dict[str, np.ndarray], client: bool = True) -> Message:
-    ensure_task_identity()
-    query = Message(RecordDict(), dst_node_id=7, message_type=P.QUERY_INFER)
-    query.metadata.__dict__["_message_id"] = "q"
     content = RecordDict({P.INFERENCE: ArrayRecord({k: Array(v) for k, v in arrays.items()})})
     if client:
-        content[P.CLIENT] = ConfigRecord({P.MODALITY: "image"})
-    return Message(content, reply_to=query)
+        content[P.CLIENT] = client_description()
+    return reply_to(P.QUERY_INFER, content)
 
 
 def _with(**changes) -> dict[str, np.ndarray]:
@@ -75,11 +76,8 @@ def test_malformed_reply_is_rejected_with_a_reason(name):
 
 
 def test_reply_without_inference_or_client_record_is_rejected():
-    ensure_task_identity()
     assert "missing ConfigRecord 'client'" in check_inference_reply(_reply(_valid_arrays(), client=False), N, C, D)
-    query = Message(RecordDict(), dst_node_id=7, message_type=P.QUERY_INFER)
-    query.metadata.__dict__["_message_id"] = "q"
-    assert "missing ArrayRecord 'inference'" in check_inference_reply(Message(RecordDict(), reply_to=query), N, C, D)
+    assert "missing ArrayRecord 'inference'" in check_inference_reply(reply_to(P.QUERY_INFER, RecordDict()), N, C, D)
 
 
 # -- uplink-dtype = "float16": exact dtype, float16 tolerances (validation.py)
@@ -102,7 +100,7 @@ def test_honest_float16_rounding_at_paper_sizes_passes():
     arrays = {
         P.PROBS: p,
         P.ENTROPY: -(p * np.log(np.clip(p, 1e-12, None))).sum(1),
-        P.EMBEDDING: rng.normal(size=(n, D)) / np.sqrt(D),
+        P.EMBEDDING: unit_rows(rng.normal(size=(n, D))),
     }
     assert check_inference_reply(_reply(_as(np.float16, arrays)), n, c, D, "float16") is None
 
