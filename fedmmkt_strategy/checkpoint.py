@@ -94,7 +94,8 @@ def save_checkpoint(run_dir: Path, state: Mapping[str, Any]) -> Path:
 
 #: Top-level keys of every checkpoint (`FederatedStrategy.save_checkpoint`).
 CHECKPOINT_KEYS = ("version", "round", "config", "rng", "recorder", "strategy")
-_WHAT_TO_DO = (
+#: What to do when a checkpoint cannot be resumed (every such error ends with it).
+RESUME_ADVICE = (
     "resume another run's folder, or start a new run (leave `resume` empty); nothing in the results folder was changed"
 )
 
@@ -109,16 +110,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, weights_only=True)
     except Exception as err:  # noqa: BLE001 - every way a file can fail to load is the same answer
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"resume: {path} is not a readable checkpoint ({reason[:200]}); {_WHAT_TO_DO}") from None
+        raise ConfigError(f"resume: {path} is not a readable checkpoint ({reason[:200]}); {RESUME_ADVICE}") from None
     if not isinstance(state, dict):
-        raise ConfigError(f"resume: {path} holds a {type(state).__name__}, not a checkpoint; {_WHAT_TO_DO}")
+        raise ConfigError(f"resume: {path} holds a {type(state).__name__}, not a checkpoint; {RESUME_ADVICE}")
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
-        raise ConfigError(f"resume: {path} lacks {missing}, so it is not a complete checkpoint; {_WHAT_TO_DO}")
+        raise ConfigError(f"resume: {path} lacks {missing}, so it is not a complete checkpoint; {RESUME_ADVICE}")
     if state["version"] != FORMAT_VERSION:
         raise ConfigError(f"resume: {path} has checkpoint format {state['version']}, expected {FORMAT_VERSION}")
     if not isinstance(state["round"], int) or not isinstance(state["config"], dict):
-        raise ConfigError(f"resume: {path} has a malformed round or config; {_WHAT_TO_DO}")
+        raise ConfigError(f"resume: {path} has a malformed round or config; {RESUME_ADVICE}")
     return state
 
 

@@ -6,8 +6,9 @@ evaluate message to that architecture's clients, and replaces it by the example-
 of their trained weights.
 
 An upload enters the mean only if it is the architecture's model: the same keys, shapes and
-dtypes as the group's current global model (in round 1, as more than half of the group's uploads), finite
-values no larger than `MAX_ABS_WEIGHT`, from a client that trained on at least one example. One
+dtypes as the group's current global model (in round 1, as more than half of the group's
+uploads), finite values no larger than `MAX_ABS_WEIGHT`, from a client that trained on at least
+one example. One
 NaN, a tensor of shape (1, ...) that would broadcast, or float64 weights would otherwise spread
 into every client of the architecture. A rejected upload fails its node's train phase (logged,
 in `metrics.json`); the rest of the group is averaged.

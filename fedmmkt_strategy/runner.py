@@ -19,7 +19,14 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedmmkt_strategy.base import FederatedStrategy
-from fedmmkt_strategy.checkpoint import CHECKPOINT_FILE, check_resumable, load_checkpoint, resolve_resume, restore_rng
+from fedmmkt_strategy.checkpoint import (
+    CHECKPOINT_FILE,
+    RESUME_ADVICE,
+    check_resumable,
+    load_checkpoint,
+    resolve_resume,
+    restore_rng,
+)
 from fedmmkt_strategy.config import ConfigError, RunConfig
 from fedmmkt_strategy.factory import build_strategy
 from fedmmkt_strategy.results import RunRecorder, make_run_dir
@@ -89,8 +96,7 @@ def _damaged(run_dir: Path, config: RunConfig, err: Exception) -> ConfigError:
     wrong, what to do (nothing has been written yet: the folder is as it was)."""
     return ConfigError(
         f"resume: {run_dir / CHECKPOINT_FILE} does not hold the state of a {config.strategy} run "
-        f"({type(err).__name__}: {err}); resume another run's folder, or start a new run "
-        "(leave `resume` empty); nothing in the results folder was changed"
+        f"({type(err).__name__}: {err}); {RESUME_ADVICE}"
     )
 
 
