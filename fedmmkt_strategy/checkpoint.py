@@ -40,6 +40,7 @@ RESUMABLE_KEYS = frozenset(
         "node-settle",
         "results-dir",
         "run-name",
+        "trackers",
         "cache-dir",
         "checkpoint",
     }

@@ -147,6 +147,7 @@ class RunConfig(BaseModel):
     # -- outputs
     results_dir: str = "~/fedmmkt-results"
     run_name: str = ""
+    trackers: str = "tensorboard"
     # -- robustness: Byzantine-robust vote, checkpoint and resume, differential privacy of uploads
     labvote_robust: Literal["none", "reliability"] = "none"
     labvote_reliability_decay: float = Field(0.5, ge=0, lt=1)
@@ -162,6 +163,14 @@ class RunConfig(BaseModel):
     @classmethod
     def _layout_is_valid(cls, value: str) -> str:
         parse_layout(value)
+        return value
+
+    @field_validator("trackers")
+    @classmethod
+    def _trackers_are_known(cls, value: str) -> str:
+        from fedmmkt_strategy.trackers import parse_trackers
+
+        parse_trackers(value)
         return value
 
     @field_validator("pretrain_holdout_classes")
@@ -237,6 +246,12 @@ class RunConfig(BaseModel):
             public_holdout_classes=parse_class_list(self.pretrain_holdout_classes),
             sensor_missing_rate=self.sensor_missing_rate,
         )
+
+    @property
+    def tracker_names(self) -> tuple[str, ...]:
+        from fedmmkt_strategy.trackers import parse_trackers
+
+        return parse_trackers(self.trackers)
 
     @property
     def results_path(self) -> Path:

@@ -1,7 +1,8 @@
 """Results on disk: one folder per run with metrics.json, metrics.csv and accuracy.png.
 
 The recorder rewrites all files at the end of every round, so an interrupted run still
-leaves its history behind, and a person can open the folder while the run goes on.
+leaves its history behind, and a person can open the folder while the run goes on. The same
+history feeds the run's experiment trackers (TensorBoard event files, `trackers.py`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+if TYPE_CHECKING:
+    from fedmmkt_strategy.trackers import TrackerFeed
 
 CLIENT_FIELDS = (
     "round",
@@ -65,6 +69,7 @@ class RunRecorder:
         self.failures: list[dict[str, Any]] = []
         self.resumes: list[dict[str, Any]] = []  # one entry per resume: after which round, when
         self.started = time.time()
+        self.feed: TrackerFeed | None = None  # the run's trackers, fed on every write
 
     def client(self, server_round: int, node_id: int, **fields: Any) -> None:
         """Merge fields into the row of one client in one round; byte counts accumulate."""
@@ -131,12 +136,21 @@ class RunRecorder:
         self.started = time.time() - float(state["elapsed_s"])
 
     def write(self) -> None:
-        """(Re)write metrics.json, metrics.csv and accuracy.png."""
+        """(Re)write metrics.json, metrics.csv and accuracy.png; send the trackers what is new."""
         data = self.as_dict()
         _write_atomic(self.run_dir / "metrics.json", json.dumps(data, indent=2))
         self._write_csv()
         if data["rounds"]:
             plot_accuracy(data, self.run_dir / "accuracy.png")
+        if self.feed is not None:
+            self.feed.update(data)
+
+    def close(self) -> None:
+        """The final write, then the trackers' files are closed."""
+        self.write()
+        if self.feed is not None:
+            self.feed.close()
+            self.feed = None
 
     def _write_csv(self) -> None:
         tmp = self.run_dir / "metrics.csv.tmp"

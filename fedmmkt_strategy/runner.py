@@ -32,6 +32,7 @@ from fedmmkt_strategy.factory import build_strategy
 from fedmmkt_strategy.results import RunRecorder, make_run_dir
 from fedmmkt_strategy.server_models import ServerModels
 from fedmmkt_strategy.timeouts import PhaseTimeoutGrid, phase_timeouts
+from fedmmkt_strategy.trackers import TrackerFeed, build_trackers
 
 
 def run_federation(grid: Grid, run_config: Mapping[str, Any], models: ServerModels | None = None) -> Path:
@@ -42,6 +43,7 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any], models: ServerMode
     run_dir = make_run_dir(config.results_path, config.strategy, config.run_name)
     recorder = RunRecorder(run_dir, config.as_run_config(), config.strategy)
     log(INFO, "results will be written to %s", run_dir)
+    recorder.feed = TrackerFeed(build_trackers(config.tracker_names, run_dir, recorder.config), run_dir)
     strategy = build_strategy(config, recorder, models)
     try:
         strategy.start(
@@ -51,8 +53,8 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any], models: ServerMode
             timeout=config.round_timeout,
         )
     finally:
-        recorder.write()
-    log(INFO, "results: %s (metrics.json, metrics.csv, accuracy.png, samples/)", run_dir)
+        recorder.close()
+    log(INFO, "results: %s (metrics.json, metrics.csv, accuracy.png, samples/, tensorboard/)", run_dir)
     return run_dir
 
 
@@ -72,6 +74,9 @@ def resume_federation(grid: Grid, config: RunConfig, models: ServerModels | None
     except _STATE_ERRORS as err:
         raise _damaged(run_dir, config, err) from None
     recorder.resumes.append({"after_round": completed, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    trackers = build_trackers(config.tracker_names, run_dir, recorder.config, resumed_after=completed)
+    recorder.feed = TrackerFeed(trackers, run_dir)
+    recorder.feed.mark_sent(recorder.as_dict())
     strategy = build_strategy(config, recorder, models)
     try:
         strategy.load_state_dict(state["strategy"])
@@ -82,8 +87,8 @@ def resume_federation(grid: Grid, config: RunConfig, models: ServerModels | None
     try:
         run_rounds(strategy, grid, completed + 1, config.num_server_rounds, config.round_timeout)
     finally:
-        recorder.write()
-    log(INFO, "results: %s (metrics.json, metrics.csv, accuracy.png, samples/)", run_dir)
+        recorder.close()
+    log(INFO, "results: %s (metrics.json, metrics.csv, accuracy.png, samples/, tensorboard/)", run_dir)
     return run_dir
 
 

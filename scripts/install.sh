@@ -9,5 +9,5 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-.venv/bin/python -m pip install -q -e ".[dev,dp]"
+.venv/bin/python -m pip install -q -e ".[dev,dp,wandb]"
 echo "installed into $(pwd)/.venv"

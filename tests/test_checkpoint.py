@@ -16,6 +16,7 @@ from fedmmkt_strategy.generative.t2i import denoiser_state, load_denoiser_state
 from fedmmkt_strategy.inprocess import InProcessGrid
 from fedmmkt_strategy.runner import run_federation
 from fedmmkt_strategy.server_models import load_server_models
+from tests.test_trackers import assert_tensorboard_matches_metrics
 
 
 def test_rng_state_round_trips():
@@ -114,6 +115,9 @@ def test_a_crashed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, micro_
     assert comparable(b) == comparable(a)
     assert b["resumes"][0]["after_round"] == 1
     assert "gen_acc" in b["rounds"][-1]["server"] and "reliability" in b["rounds"][-1]["clients"][0]
+    # TensorBoard shows each run as metrics.json has it: the crashed life's partial round 2 is purged
+    assert_tensorboard_matches_metrics(whole)
+    assert_tensorboard_matches_metrics(resumed)
 
 
 def _write(path, kind: str) -> None:
