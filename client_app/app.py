@@ -34,7 +34,7 @@ def _synthetic_inputs(node: ClientNode, msg: Message, context: Context) -> torch
 def query_infer(msg: Message, context: Context) -> Message:
     """Probabilities, entropies and projected embeddings on the synthetic inputs, in `uplink-dtype`."""
     node = ClientNode.from_context(context)
-    out = infer(node.model, _synthetic_inputs(node, msg, context))
+    out = infer(node.model, _synthetic_inputs(node, msg, context), amp=node.config.client_amp)
     probs, entropy, embedding = out.probs, out.entropy, out.embedding
     cfg = node.config
     if cfg.dp_noise_multiplier > 0:  # noise from OS entropy: the server knows the run seed
@@ -110,7 +110,7 @@ def train_distill(msg: Message, context: Context) -> Message:
         }
     )
     if msg.content[P.CONFIG].get(P.RETURN_ARRAYS, False):
-        content[P.ARRAYS] = ArrayRecord(node.model.state_dict())
+        content[P.ARRAYS] = ArrayRecord(node.cpu_state())
     return Message(content, reply_to=msg)
 
 
@@ -121,8 +121,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     if P.ARRAYS in msg.content.array_records:
         node.load_arrays(msg.content[P.ARRAYS])
         node.save(context)
-    local = evaluate_model(node.model, *node.tensors("test"))
-    global_ = evaluate_model(node.model, *node.tensors("global_test"))
+    amp = node.config.client_amp
+    local = evaluate_model(node.model, *node.tensors("test"), amp=amp)
+    global_ = evaluate_model(node.model, *node.tensors("global_test"), amp=amp)
     content = RecordDict(
         {
             P.METRICS: MetricRecord(

@@ -20,6 +20,7 @@ from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
 from task_models.augment import augment
 from task_models.client_data import ClientData, load_client_data
+from task_models.device import resolve_client_device
 from task_models.layout import NodeRole
 from task_models.modality import to_model_input
 from task_models.models import TaskModel
@@ -91,6 +92,7 @@ class ClientNode:
         model = build_task_model(
             role.architecture, spec, seed=config.seed * 7919 + zlib.crc32(role.architecture.encode())
         )
+        model.to(resolve_client_device(config.client_device))
         node = cls(config, world, role, partition_id, data, model)
         if MODEL_STATE in context.state:
             model.load_state_dict(context.state[MODEL_STATE].to_torch_state_dict())
@@ -147,11 +149,19 @@ class ClientNode:
         ``client-augment = "blur-noise"`` (every strategy alike, `local` included)."""
         augmenting = self.config.client_augment == "blur-noise" and self.role.modality == "image"
         return TrainSettings(
-            epochs=epochs, lr=self.config.lr, batch_size=self.config.batch_size, augment=augment if augmenting else None
+            epochs=epochs,
+            lr=self.config.lr,
+            batch_size=self.config.batch_size,
+            augment=augment if augmenting else None,
+            amp=self.config.client_amp,
         )
 
+    def cpu_state(self) -> dict[str, torch.Tensor]:
+        """The model's weights on the CPU: what `context.state` keeps and what travels."""
+        return {key: value.detach().cpu() for key, value in self.model.state_dict().items()}
+
     def save(self, context: Context) -> None:
-        context.state[MODEL_STATE] = ArrayRecord(self.model.state_dict())
+        context.state[MODEL_STATE] = ArrayRecord(self.cpu_state())
 
     def load_arrays(self, arrays: ArrayRecord) -> None:
         self.model.load_state_dict(arrays.to_torch_state_dict())

@@ -122,6 +122,8 @@ class RunConfig(BaseModel):
     t2i_replay_fraction: float = Field(0.75, ge=0, lt=1)
     t2i_lora: Literal["auto", "on", "off"] = "auto"
     server_device: Literal["auto", "cpu", "cuda"] = "auto"
+    client_device: Literal["auto", "cpu", "cuda"] = "auto"
+    client_amp: bool = True
     t2i_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     use_labvote: bool = True
     use_contrastive_aggregation: bool = True

@@ -6,7 +6,10 @@ BLIP, CLIP, a flowers-schema parquet file), saves them to folders and runs the r
 path on them: `load_dataset` on parquet, `from_pretrained` by folder, bf16 on CUDA, memory-aware
 batch sizes, LoRA fine-tuning (peft), ResNet-18 / ViT-S / BERT clients, GenAcc with a judge
 trained on held-out images, CLIP score, and the Inception-FID fallback. One round runs in-process
-(no Ray). It prints the figures as JSON and writes them to ``$OUT/gpu_check.json`` when OUT is set.
+(no Ray); the clients train on the same device as the server (``--client-device`` to change it),
+and the report gives their time per phase (query, distillation training, evaluation; the first
+query includes each client's warm-up). It prints the figures as JSON and writes them to
+``$OUT/gpu_check.json`` when OUT is set.
 
     python scripts/gpu_check.py                       # CUDA, SD-1.5 widths at 256 px
     python scripts/gpu_check.py --device cpu --scale tiny
@@ -40,7 +43,15 @@ SCALES = {
 LAYOUT = "image:resnet18,text:bert,image:vit-s,text:bert"
 
 
-def run_config(keys: dict, scale: dict, device: str, results: Path) -> dict:
+#: The server's phase times that are the clients' own work (the in-process grid runs them in turn).
+CLIENT_PHASES = {
+    "query_and_warmup_s": "time_query_s",
+    "distill_train_s": "time_distill_phase_s",
+    "evaluate_s": "time_evaluate_phase_s",
+}
+
+
+def run_config(keys: dict, scale: dict, device: str, results: Path, client_device: str) -> dict:
     """The flowers preset's shape at smoke size: one round, four clients (ResNet-18, ViT-S, 2x BERT)."""
     return {
         **keys,
@@ -64,6 +75,7 @@ def run_config(keys: dict, scale: dict, device: str, results: Path) -> dict:
         "labvote-beta": 1.0,  # random-weight clients are unsure of everything; count every vote so LoRA trains
         "standard-fid": True,
         "server-device": device,
+        "client-device": client_device,
         "node-settle": 0.0,
         "min-nodes": 4,
         "results-dir": str(results),
@@ -101,6 +113,12 @@ def main() -> dict:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--scale", choices=tuple(SCALES), default=None, help="default: sd on CUDA, tiny on CPU")
     parser.add_argument("--workdir", default=None, help="where stand-ins and results go (default: a temp dir)")
+    parser.add_argument(
+        "--client-device",
+        choices=("same", "cpu", "cuda"),
+        default="same",
+        help="where the clients train (default: the server's device)",
+    )
     args = parser.parse_args()
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
@@ -116,7 +134,9 @@ def main() -> dict:
     keys = build_standins(work / "standins", scale_name, scale["t2i_size"], scale["data_size"], per_class=16)
     times["build_and_save_standins_s"] = time.perf_counter() - start
 
-    config_dict = run_config(keys, scale, device, work / "results")
+    client_device = device if args.client_device == "same" else args.client_device
+    report["client_device"] = client_device
+    config_dict = run_config(keys, scale, device, work / "results", client_device)
     start = time.perf_counter()
     models = load_server_models(RunConfig.from_run_config(config_dict))  # includes judge training
     times["load_server_models_and_judge_s"] = time.perf_counter() - start
@@ -149,6 +169,7 @@ def main() -> dict:
     prompts = [f"a photo of a {n}" for n in ("pink primrose", "sweet pea", "tiger lily", "moon orchid")] * 4
     report["generation_benchmark"] = benchmark_generation(pipe, prompts, scale["sampling"], 16)
     report["times"] = times
+    report["client_phase_times"] = {name: times.get(key) for name, key in CLIENT_PHASES.items()}
     report["ok"] = not metrics["failures"] and report["lora"]["lora_B_norm"] > 0 and bool(report["clients"])
     text = json.dumps(report, indent=2, default=str)
     print(text)

@@ -6,6 +6,10 @@ server's synthetic set (ALGORITHM.md step 6), one loss per sample over one conca
 where ``q^(T) ∝ q^(1/T)`` is the voted label softened by the student's temperature and ``w_i`` is
 the row's vote confidence. Each synthetic row is seen a bounded number of times per call
 (`DistillTargets.passes`), spread evenly over the private batches.
+
+The loops run where the model's weights are (`task_models.device`): batches are cut and augmented
+on the CPU and moved to the model's device; with `amp` the forward passes run under bfloat16
+autocast on CUDA, while losses and softmaxes are computed in float32.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from task_models.device import autocast, model_device
 from task_models.models import TaskModel
 
 
@@ -32,6 +37,8 @@ class TrainSettings:
     weight_decay: float = 1e-4
     #: Applied to every training batch (private and synthetic rows together), e.g. `augment.augment`.
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    #: bfloat16 autocast of the forward passes when the model is on CUDA (`client-amp`).
+    amp: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,16 +93,16 @@ def distillation_loss(
     parts: dict[str, float] = {}
     if targets.soft_labels is not None:
         t = targets.temperature
-        teacher = soften(targets.soft_labels[index], t)
+        teacher = soften(targets.soft_labels[index], t).to(logits.device)
         kl = F.kl_div(F.log_softmax(logits / t, dim=-1), teacher, reduction="none").sum(-1) * t * t
         rows = rows + targets.lambda_kl * kl
         parts["kl"] = kl.mean().item()
     if targets.fused is not None and targets.lambda_rep > 0:
-        rep = 1 - F.cosine_similarity(projected, targets.fused[index], dim=-1)
+        rep = 1 - F.cosine_similarity(projected, targets.fused[index].to(projected.device), dim=-1)
         rows = rows + targets.lambda_rep * rep
         parts["rep"] = rep.mean().item()
     if targets.weights is not None:
-        rows = rows * targets.weights[index]
+        rows = rows * targets.weights[index].to(rows.device)
     return rows, parts
 
 
@@ -123,6 +130,7 @@ def _train_epochs(
     private batch in one forward, so BatchNorm sees one mixed batch (mostly private rows) and its
     running statistics are not half made of generated images."""
     model.train()
+    device = model_device(model)
     batch_size = settings.batch_size
     steps_per_epoch = math.ceil(len(labels) / batch_size)
     n_syn = 0 if distill is None else len(distill.inputs)
@@ -138,8 +146,10 @@ def _train_epochs(
             batch = inputs[idx] if len(take) == 0 else torch.cat([inputs[idx], distill.inputs[take]])
             if settings.augment is not None:
                 batch = settings.augment(batch, generator)
-            logits, embedding = model(batch)
-            ce = F.cross_entropy(logits[: len(idx)], labels[idx], reduction="none")
+            with autocast(device, settings.amp):
+                logits, embedding = model(batch.to(device, non_blocking=True))
+            logits, embedding = logits.float(), embedding.float()
+            ce = F.cross_entropy(logits[: len(idx)], labels[idx].to(device), reduction="none")
             total = ce.sum()
             if len(take):
                 kd, parts = distillation_loss(logits[len(idx) :], model.project(embedding[len(idx) :]), distill, take)
@@ -222,14 +232,17 @@ def fit_to_convergence(
 
 @torch.no_grad()
 def evaluate_model(
-    model: TaskModel, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
+    model: TaskModel, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 256, amp: bool = False
 ) -> dict[str, float]:
     """Top-1 accuracy and mean cross-entropy."""
     model.eval()
+    device = model_device(model)
     correct, loss = 0, 0.0
     for start in range(0, len(labels), batch_size):
-        logits, _ = model(inputs[start : start + batch_size])
-        y = labels[start : start + batch_size]
+        with autocast(device, amp):
+            logits, _ = model(inputs[start : start + batch_size].to(device))
+        logits = logits.float()
+        y = labels[start : start + batch_size].to(device)
         correct += int((logits.argmax(-1) == y).sum())
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
     n = max(len(labels), 1)
@@ -237,14 +250,16 @@ def evaluate_model(
 
 
 @torch.no_grad()
-def infer(model: TaskModel, inputs: torch.Tensor, batch_size: int = 256) -> Inference:
-    """Probabilities, entropies and projected embeddings on (synthetic) inputs."""
+def infer(model: TaskModel, inputs: torch.Tensor, batch_size: int = 256, amp: bool = False) -> Inference:
+    """Probabilities, entropies and projected embeddings on (synthetic) inputs, as CPU arrays."""
     model.eval()
+    device = model_device(model)
     probs, embeddings = [], []
     for start in range(0, len(inputs), batch_size):
-        logits, emb = model(inputs[start : start + batch_size])
-        probs.append(logits.float().softmax(-1))
-        embeddings.append(model.project(emb).float())
+        with autocast(device, amp):
+            logits, emb = model(inputs[start : start + batch_size].to(device))
+        probs.append(logits.float().softmax(-1).cpu())
+        embeddings.append(model.project(emb.float()).float().cpu())
     p = torch.cat(probs) if probs else torch.zeros(0, model.classifier.out_features)
     e = torch.cat(embeddings) if embeddings else torch.zeros(0, model.projection[-1].out_features)
     entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)

@@ -22,3 +22,4 @@ def test_gpu_check_runs_one_round_on_cpu_and_writes_its_figures(tmp_path):
     assert report["lora"]["lora_B_norm"] > 0 and report["server_metrics"]["t2i_finetune_samples"] > 0
     assert "clip_score" in report["server_metrics"] and "gen_acc" in report["server_metrics"]
     assert report["generation_benchmark"]["images_per_s"] > 0 and report["times"]["time_synthesis_s"] > 0
+    assert report["client_device"] == "cpu" and all(t > 0 for t in report["client_phase_times"].values())
