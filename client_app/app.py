@@ -34,7 +34,8 @@ def _synthetic_inputs(node: ClientNode, msg: Message, context: Context) -> torch
 def query_infer(msg: Message, context: Context) -> Message:
     """Probabilities, entropies and projected embeddings on the synthetic inputs, in `uplink-dtype`."""
     node = ClientNode.from_context(context)
-    out = infer(node.model, _synthetic_inputs(node, msg, context), amp=node.config.client_amp)
+    inputs = _synthetic_inputs(node, msg, context)
+    out = infer(node.model, inputs, amp=node.config.client_amp, temperature=node.vote_temperature())
     probs, entropy, embedding = out.probs, out.entropy, out.embedding
     cfg = node.config
     if cfg.dp_noise_multiplier > 0:  # noise from OS entropy: the server knows the run seed

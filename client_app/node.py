@@ -19,6 +19,7 @@ from flwr.common.logger import log
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
 from task_models.augment import augment
+from task_models.calibration import fit_temperature
 from task_models.client_data import ClientData, load_client_data
 from task_models.device import resolve_client_device
 from task_models.layout import NodeRole
@@ -26,7 +27,7 @@ from task_models.modality import to_model_input
 from task_models.models import TaskModel
 from task_models.node_config import parse_node_config, resolve_role
 from task_models.registry import ModelSpec, build_task_model
-from task_models.training import TrainSettings, fit_to_convergence
+from task_models.training import TrainSettings, fit_to_convergence, predict_logits
 from task_models.world import World
 
 MODEL_STATE = "model"
@@ -155,6 +156,14 @@ class ClientNode:
             augment=augment if augmenting else None,
             amp=self.config.client_amp,
         )
+
+    def vote_temperature(self) -> float:
+        """The temperature of the probabilities this node sends: 1, or with ``client-calibration =
+        "temperature"`` the one fitted on its own validation split now (cheap: a few dozen rows)."""
+        if self.config.client_calibration != "temperature":
+            return 1.0
+        x, y = self.tensors("val")
+        return fit_temperature(predict_logits(self.model, x, amp=self.config.client_amp), y)
 
     def cpu_state(self) -> dict[str, torch.Tensor]:
         """The model's weights on the CPU: what `context.state` keeps and what travels."""

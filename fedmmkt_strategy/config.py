@@ -124,6 +124,7 @@ class RunConfig(BaseModel):
     server_device: Literal["auto", "cpu", "cuda"] = "auto"
     client_device: Literal["auto", "cpu", "cuda"] = "auto"
     client_amp: bool = True
+    client_calibration: Literal["none", "temperature"] = "none"
     t2i_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     use_labvote: bool = True
     use_contrastive_aggregation: bool = True

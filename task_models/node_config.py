@@ -31,9 +31,7 @@ class NodeConfig(BaseModel):
     """The node-config keys this ClientApp reads; unknown keys are ignored (Flower may add its own)."""
 
     # strict: `partition-id = true` is not node 1, and `modality = 3` is not a modality
-    model_config = ConfigDict(
-        extra="ignore", frozen=True, strict=True, alias_generator=lambda n: n.replace("_", "-")
-    )
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True, alias_generator=lambda n: n.replace("_", "-"))
 
     partition_id: int = Field(ge=0)
     num_partitions: int = Field(ge=1)

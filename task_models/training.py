@@ -250,15 +250,31 @@ def evaluate_model(
 
 
 @torch.no_grad()
-def infer(model: TaskModel, inputs: torch.Tensor, batch_size: int = 256, amp: bool = False) -> Inference:
-    """Probabilities, entropies and projected embeddings on (synthetic) inputs, as CPU arrays."""
+def predict_logits(model: TaskModel, inputs: torch.Tensor, batch_size: int = 256, amp: bool = False) -> torch.Tensor:
+    """Float32 logits [N, C] on the CPU, in eval mode (e.g. of a validation split, for calibration)."""
+    model.eval()
+    device = model_device(model)
+    out = [torch.zeros(0, model.classifier.out_features)]
+    for start in range(0, len(inputs), batch_size):
+        with autocast(device, amp):
+            logits, _ = model(inputs[start : start + batch_size].to(device))
+        out.append(logits.float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def infer(
+    model: TaskModel, inputs: torch.Tensor, batch_size: int = 256, amp: bool = False, temperature: float = 1.0
+) -> Inference:
+    """Probabilities ``softmax(logits / temperature)`` (1: the model's own; see `calibration`),
+    entropies and projected embeddings on (synthetic) inputs, as CPU arrays."""
     model.eval()
     device = model_device(model)
     probs, embeddings = [], []
     for start in range(0, len(inputs), batch_size):
         with autocast(device, amp):
             logits, emb = model(inputs[start : start + batch_size].to(device))
-        probs.append(logits.float().softmax(-1).cpu())
+        probs.append((logits.float() / temperature).softmax(-1).cpu())
         embeddings.append(model.project(emb.float()).float().cpu())
     p = torch.cat(probs) if probs else torch.zeros(0, model.classifier.out_features)
     e = torch.cat(embeddings) if embeddings else torch.zeros(0, model.projection[-1].out_features)
