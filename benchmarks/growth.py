@@ -37,6 +37,7 @@ from bench_common import loglog_exponent, parse_overrides, peak_rss_gb, project_
 from round_breakdown import STEPS
 
 from fedmmkt_strategy.inprocess import run_inprocess
+from fedmmkt_strategy.progress import say, track
 
 PHASE_KEYS = [key for _, key in STEPS] + ["time_round_s"]
 COMMON = {
@@ -104,14 +105,14 @@ def sweep(
 ) -> dict[str, Any]:
     """Runs over `points` of `axis` ("clients" or "samples"); per-point figures and exponents."""
     runs = []
-    for value in points:
+    for value in track(points, f"growth {axis}", "run", every=0):
         clients = value if axis == "clients" else clients_fixed
         config = {**base, "pool-size": per_client * ((clients + 1) // 2)}
         if axis == "samples":
             config["synthetic-size"] = value
-        print(f"--- {axis} = {value}: {clients} clients, {config['synthetic-size']} synthetic samples", flush=True)
+        say(f"--- {axis} = {value}: {clients} clients, {config['synthetic-size']} synthetic samples")
         runs.append(one_run(config, clients, tmp, f"{axis}-{value}"))
-        print(f"    round 2: {runs[-1]['phases_s']['time_round_s']:.2f} s", flush=True)
+        say(f"    round 2: {runs[-1]['phases_s']['time_round_s']:.2f} s")
     x = [float(r["clients"] if axis == "clients" else r["synthetic_size"]) for r in runs]
     exponents = {key: loglog_exponent(x, [r["phases_s"][key] for r in runs]) for key in runs[0]["phases_s"]}
     return {"axis": axis, "points": points, "runs": runs, "exponents": exponents}

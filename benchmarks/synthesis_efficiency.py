@@ -36,6 +36,7 @@ from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.generative.captioner import caption_images
 from fedmmkt_strategy.generative.synthesis import class_balanced_prompts, world_prompts
 from fedmmkt_strategy.generative.t2i import default_size, generate_images
+from fedmmkt_strategy.progress import track
 from fedmmkt_strategy.server_models import ServerModels, load_server_models
 
 #: Sizes of ``--quick``: enough to exercise every code path in a few seconds.
@@ -124,7 +125,7 @@ def measure(models: ServerModels, config: RunConfig, repeats: int) -> dict[str, 
     # warm-up (allocator, lazy init), untimed
     generate_images(pipe, prompts[:2], seed=seed, num_inference_steps=1, guidance_scale=guidance, batch_size=2)
     raw, actual, captioning, splits = [], [], [], []
-    for _ in range(repeats):
+    for _ in track(range(repeats), "synthesis_efficiency", "repeat", every=0):  # updates fall between timings
         raw.append(raw_unet_seconds(pipe, prompts, steps, guidance, batch, seed))
         with instrumented(pipe) as seconds:
             start = time.perf_counter()

@@ -12,6 +12,7 @@ Variants: fedmmkt with contrastive-tau 0.05, 0.1 (default), 0.5.
 from __future__ import annotations
 
 from experiments.common import base_config, parser, run_variant, server_series, write_outputs
+from fedmmkt_strategy.progress import track
 
 TAUS = (0.05, 0.1, 0.5)
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     base = base_config(args, {"num-server-rounds": args.rounds})
     results: dict = {"taus": list(TAUS), "runs": {}}
-    for tau in TAUS:
+    for tau in track(TAUS, "alpha_weights", "run", every=0):
         run = run_variant(args, "alpha_weights", f"fedmmkt+contrastive-tau={tau}", base, 8)
         results["runs"][str(tau)] = {
             "run_dir": str(run.run_dir),

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from experiments.common import base_config, parser, write_outputs
 from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.generative.synthesis import synthesize
+from fedmmkt_strategy.progress import say, track
 from fedmmkt_strategy.server_models import load_server_models
 from task_models.client_data import load_client_data
 from task_models.modality import to_model_input
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = TrainSettings(epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size)
     images = [e for e in config.layout if e.modality == "image"]
     results: dict = {"seed": config.seed, "clients": {}}
-    for partition, entry in enumerate(images):
+    for partition, entry in track(enumerate(images), "batchnorm", "client", total=len(images), every=0):
         if entry.architecture not in BATCHNORM_ARCHITECTURES:
             continue
         data = load_client_data(
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "running_mean_position": running_mean_position(model, x[:256], synthetic),
             }
         results["clients"][f"{entry.architecture}@{partition}"] = row
-        print(entry.architecture, partition, row, flush=True)
+        say(f"{entry.architecture} {partition} {row}")
     clients = results["clients"]
     for scheme in ("joint", "separate"):
         results[f"mean_acc_{scheme}"] = float(np.mean([c[scheme]["acc_global"] for c in clients.values()]))

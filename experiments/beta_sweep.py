@@ -29,6 +29,7 @@ from experiments.common import (
     write_outputs,
 )
 from fedmmkt_strategy.labvote import labvote
+from fedmmkt_strategy.progress import track
 
 BETAS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = base_config(args, {"num-server-rounds": args.rounds})
     levels = [10, 12] if args.quick else [int(s) for s in args.t2i_steps.split(",")]
     results: dict = {"betas": list(BETAS), "levels": {}}
-    for steps in levels:
+    for steps in track(levels, "beta_sweep", "level", every=0):
         config = {**base, "pretrain-t2i-steps": steps}
         reuse_pretrain_phases(base, config)
         with Recorder().recording() as rec:

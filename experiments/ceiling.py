@@ -15,6 +15,7 @@ import torch
 
 from experiments.common import base_config, parser, write_outputs
 from fedmmkt_strategy.config import RunConfig
+from fedmmkt_strategy.progress import say, track
 from task_models.client_data import ClientData, LabelledInputs, load_client_data
 from task_models.modality import to_model_input
 from task_models.registry import ModelSpec, build_task_model
@@ -73,12 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     overrides = parse_config_args([args.run_config]) if args.run_config else {}
     results: dict = {"seeds": {}, "mean": {}}
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in track([int(s) for s in args.seeds.split(",")], "ceiling", "seed", every=0):
         args.seed = seed
         config = RunConfig.from_run_config(base_config(args, overrides))
         architectures = sorted({(e.modality, e.architecture) for e in config.layout})
         results["seeds"][seed] = {f"{m}:{a}": ceiling(config, m, a) for m, a in architectures}
-        print(f"seed {seed}: " + ", ".join(f"{k} {v['acc_global']:.3f}" for k, v in results["seeds"][seed].items()))
+        say(f"seed {seed}: " + ", ".join(f"{k} {v['acc_global']:.3f}" for k, v in results["seeds"][seed].items()))
     names = sorted({k for per_seed in results["seeds"].values() for k in per_seed})
     for name in names:
         values = [per_seed[name]["acc_global"] for per_seed in results["seeds"].values()]

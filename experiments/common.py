@@ -34,6 +34,7 @@ from fedmmkt_strategy.fedmmkt import FedMMKT  # noqa: E402
 from fedmmkt_strategy.generative.judge import judge_predict  # noqa: E402
 from fedmmkt_strategy.generative.pretrain import CAPTIONER, JUDGE, VAE, default_cache_root  # noqa: E402
 from fedmmkt_strategy.inprocess import run_inprocess  # noqa: E402
+from fedmmkt_strategy.progress import say  # noqa: E402
 from fedmmkt_strategy.server_models import pretrain_spec  # noqa: E402
 
 #: Micro sizes for --quick: the same keys as tests/conftest.py (MICRO_SERVER, TINY_FEDERATION).
@@ -105,7 +106,7 @@ def run_variant(
     RunConfig.from_run_config(run_config)  # fail before any work
     start = time.time()
     run_dir = run_inprocess(run_config, nodes)
-    print(f"[{experiment}] {variant}: {time.time() - start:.0f} s -> {run_dir}", flush=True)
+    say(f"[{experiment}] {variant}: {time.time() - start:.0f} s -> {run_dir}")
     return Run(variant, run_dir, json.loads((run_dir / "metrics.json").read_text()))
 
 
@@ -125,7 +126,7 @@ def reuse_pretrain_phases(
         if (source / phase).is_dir() and not (target / phase).exists():
             target.mkdir(parents=True, exist_ok=True)
             shutil.copytree(source / phase, target / phase)
-            print(f"reused pre-training phase {phase} from {source.name} for {target.name}")
+            say(f"reused pre-training phase {phase} from {source.name} for {target.name}")
 
 
 # ------------------------------------------------------------------ recording inside a round

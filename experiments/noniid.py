@@ -22,6 +22,7 @@ from experiments.common import (
     server_series,
     write_outputs,
 )
+from fedmmkt_strategy.progress import track
 
 ALPHAS = (5.0, 0.5, 0.05)
 #: --quick runs the two extremes only: every code path, a third fewer runs than the full list.
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = base_config(args, {"num-server-rounds": args.rounds})
     alphas = QUICK_ALPHAS if args.quick else ALPHAS
     results: dict = {"alphas": list(alphas), "runs": {}}
-    for alpha in alphas:
+    for alpha in track(alphas, "noniid", "alpha", every=0):
         local = run_variant(args, "noniid", f"local+dirichlet-alpha={alpha}", base, 8)
         with Recorder().recording() as rec:
             fed = run_variant(args, "noniid", f"fedmmkt+dirichlet-alpha={alpha}", base, 8)

@@ -24,6 +24,7 @@ from experiments.common import (
     server_series,
     write_outputs,
 )
+from fedmmkt_strategy.progress import track
 
 TWO = "image:cnn,image:cnn-small,text:gru,text:bow"
 THREE = TWO + ",sensor:mlp,sensor:mlp"
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     base = base_config(args, {"num-server-rounds": args.rounds})
     results: dict = {"runs": {}}
-    for name, (strategy, layout, others) in VARIANTS.items():
+    for name, (strategy, layout, others) in track(VARIANTS.items(), "three_modalities", "run", every=0):
         if args.quick:
             layout = QUICK_THREE if layout == THREE else QUICK_TWO
         extra = {"client-layout": layout, "fusion-other-modalities": others}

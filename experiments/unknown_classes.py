@@ -19,6 +19,7 @@ import numpy as np
 from experiments.common import base_config, parser, reuse_pretrain_phases, run_variant, server_series, write_outputs
 from fedmmkt_strategy.config import parse_class_list
 from fedmmkt_strategy.generative.pretrain import JUDGE
+from fedmmkt_strategy.progress import track
 from task_models.domain import class_names
 
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = {**default, "pretrain-holdout-classes": args.holdout}
     reuse_pretrain_phases(default, base, phases=(JUDGE,))
     results: dict = {"holdout": held, "holdout_names": [class_names()[c] for c in held], "runs": {}}
-    for variant in args.variants.split(","):
+    for variant in track(args.variants.split(","), "unknown_classes", "run", every=0):
         run = run_variant(args, "unknown_classes", variant, base, 8)
         per_class = server_series(run.metrics, "per_class_gen_acc")
         rounds = [r for r, _ in per_class]

@@ -8,6 +8,7 @@ Runs each (strategy, seed) in-process (no Ray; the same strategy and ClientApp c
 from __future__ import annotations
 
 import json
+import numbers
 import time
 from dataclasses import dataclass, field
 from logging import INFO
@@ -24,6 +25,7 @@ from flwr.common.logger import log  # noqa: E402
 
 from fedmmkt_strategy.config import RunConfig  # noqa: E402
 from fedmmkt_strategy.inprocess import run_inprocess  # noqa: E402
+from fedmmkt_strategy.progress import Progress  # noqa: E402
 from fedmmkt_strategy.server_models import load_server_models  # noqa: E402
 
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -256,6 +258,28 @@ def plot_rounds(results: dict[str, list[dict[str, Any]]], path: Path, keys: list
     plt.close(fig)
 
 
+#: The figures of a run's line in the log of `compare`: summary key, label, decimals.
+HEADLINE = (
+    ("image_acc", "image acc", 3),
+    ("text_acc", "text acc", 3),
+    ("gen_acc", "GenAcc", 3),
+    ("fid", "FID", 1),
+    ("wall_s", "wall s", 0),
+)
+
+
+def headline(variant: str, seed: int, summary: dict[str, Any]) -> str:
+    """One line per finished run, so a long comparison can be read while it goes: e.g.
+    ``fedmmkt, seed 0: image acc 0.412, text acc 0.388, GenAcc 0.533, FID 12.3, wall s 312``.
+    A figure the run does not have (absent, or NaN: no T2I model, no text clients) reads ``-``."""
+    cells = []
+    for key, label, digits in HEADLINE:
+        value = summary.get(key)
+        known = isinstance(value, numbers.Real) and not np.isnan(value)
+        cells.append(f"{label} {value:.{digits}f}" if known else f"{label} -")
+    return f"{variant}, seed {seed}: " + ", ".join(cells)
+
+
 def compare(
     preset: Preset, out_dir: Path, base_config: dict[str, Any] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
@@ -263,42 +287,60 @@ def compare(
 
     The pre-trained T2I model is scored once per seed (by the first variant that uses it) and that
     round-0 score is given to every run of the seed: it is the same model, prompts and noise.
+    One bar runs over all the runs (its estimate of what is left goes by variant, whose runs cost
+    about the same on every seed), and each finished run logs its `headline`.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     base = {**(base_config or {}), **preset.overrides}
     results: dict[str, list[dict[str, Any]]] = {}
     started = time.time()
-    for seed in preset.seeds:
-        of_seed: list[dict[str, Any]] = []
-        initial_scored = False
-        for variant in preset.variants:
-            run_config = {
-                **base,
-                **variant_config(variant),
-                "seed": seed,
-                "results-dir": str(out_dir / "runs"),
-                "run-name": f"{variant}-seed{seed}",
-            }
-            config = RunConfig.from_run_config(run_config)
-            uses_t2i = config.strategy not in ("local", "fedavg")
-            if uses_t2i and initial_scored:
-                run_config["t2i-eval-initial"] = False
-            initial_scored |= uses_t2i
-            # fresh server weights for every run: one run's T2I update must not leak into the next
-            models = load_server_models(config) if uses_t2i else None
-            log(INFO, "compare: %s, seed %d", variant, seed)
-            run_dir = run_inprocess(run_config, preset.num_nodes, models)
-            summary = {"seed": seed, **summarise_run(json.loads((run_dir / "metrics.json").read_text()))}
-            results.setdefault(variant, []).append(summary)
-            of_seed.append(summary)
-        _share_initial_t2i_scores(of_seed)
-        (out_dir / "comparison.json").write_text(json.dumps(results, indent=2))
+    kinds = [variant for _ in preset.seeds for variant in preset.variants]
+    with Progress("compare", len(kinds), "run", every=0, kinds=kinds) as bar:
+        for seed in preset.seeds:
+            _compare_seed(preset, out_dir, base, seed, results, bar)
     header = (
         f"Comparison over seeds {preset.seeds}, {len(preset.variants)} variants, "
         f"{preset.num_nodes} clients; final-round global-test accuracy; total {time.time() - started:.0f} s."
     )
     write_outputs(results, out_dir, header)
     return results
+
+
+def _compare_seed(
+    preset: Preset,
+    out_dir: Path,
+    base: dict[str, Any],
+    seed: int,
+    results: dict[str, list[dict[str, Any]]],
+    bar: Progress,
+) -> None:
+    """Every variant of `preset` on one seed, into `results`; comparison.json rewritten after the seed."""
+    of_seed: list[dict[str, Any]] = []
+    initial_scored = False
+    for variant in preset.variants:
+        run_config = {
+            **base,
+            **variant_config(variant),
+            "seed": seed,
+            "results-dir": str(out_dir / "runs"),
+            "run-name": f"{variant}-seed{seed}",
+        }
+        config = RunConfig.from_run_config(run_config)
+        uses_t2i = config.strategy not in ("local", "fedavg")
+        if uses_t2i and initial_scored:
+            run_config["t2i-eval-initial"] = False
+        initial_scored |= uses_t2i
+        # fresh server weights for every run: one run's T2I update must not leak into the next
+        models = load_server_models(config) if uses_t2i else None
+        log(INFO, "compare: %s, seed %d", variant, seed)
+        run_dir = run_inprocess(run_config, preset.num_nodes, models)
+        summary = {"seed": seed, **summarise_run(json.loads((run_dir / "metrics.json").read_text()))}
+        results.setdefault(variant, []).append(summary)
+        of_seed.append(summary)
+        log(INFO, "compare: %s", headline(variant, seed, summary))
+        bar.advance()
+    _share_initial_t2i_scores(of_seed)
+    (out_dir / "comparison.json").write_text(json.dumps(results, indent=2))
 
 
 def merge_results(parts: list[dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import (
     AutoProcessor,
     BlipConfig,
@@ -23,6 +22,7 @@ from transformers import (
 )
 
 from fedmmkt_strategy.generative.loading import from_pretrained_or_explain
+from fedmmkt_strategy.progress import track
 
 
 def build_tiny_captioner(
@@ -105,7 +105,7 @@ def caption_images(
     """One greedy caption per image, special tokens stripped."""
     captions: list[str] = []
     starts = range(0, len(images_uint8), batch_size)
-    for start in tqdm(starts, desc="caption", unit="batch", disable=not progress):
+    for start in track(starts, "caption", "batch", enabled=progress):
         pixels = pixel_values(processor, images_uint8[start : start + batch_size])
         ids = model.generate(
             pixel_values=pixels.to(model.device, model.dtype),
@@ -150,7 +150,7 @@ def train_captioner(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     model.train()
     losses = []
-    for _ in tqdm(range(steps), desc="captioner", disable=not progress):
+    for _ in track(range(steps), "captioner", "step", enabled=progress):
         pick = torch.randint(len(flat), (batch_size,), generator=generator)
         input_ids = tokens.input_ids[pick].clone()
         input_ids[:, 0] = model.config.text_config.bos_token_id

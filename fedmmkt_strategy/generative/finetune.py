@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
-from tqdm.auto import tqdm
 
 from fedmmkt_strategy.generative.t2i import (
     LORA_AUTO_THRESHOLD,
@@ -34,6 +33,7 @@ from fedmmkt_strategy.generative.t2i import (
     _tokenize,
     encode_latent_stats,
 )
+from fedmmkt_strategy.progress import track
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ class DenoiserFineTuner:
         self._copy(self.raw, self.params)
         unet.train()
         losses = []
-        for _ in tqdm(range(steps), desc="T2I fine-tune", disable=not progress):
+        for _ in track(range(steps), "T2I fine-tune", "step", enabled=progress):
             latents, ids, weights = pairs.draw(batch - n_replay, generator)
             if n_replay:
                 more = self.replay.draw(n_replay, generator)

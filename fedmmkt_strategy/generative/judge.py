@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from fedmmkt_strategy.progress import track
 from task_models.augment import augment
 
 
@@ -76,7 +76,7 @@ def train_judge(
     optimizer = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
     judge.train()
-    for _ in tqdm(range(epochs), desc="judge", unit="epoch", disable=not progress):
+    for _ in track(range(epochs), "judge", "epoch", enabled=progress):
         order = torch.randperm(len(x_all), generator=generator)
         for b in range(steps_per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]

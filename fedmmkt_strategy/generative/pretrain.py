@@ -14,19 +14,20 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from flwr.common.logger import log
 from transformers import PreTrainedTokenizerBase
 
 from fedmmkt_strategy.generative import captioner as cap
@@ -34,8 +35,6 @@ from fedmmkt_strategy.generative import judge as jdg
 from fedmmkt_strategy.generative import quality, t2i
 from task_models import domain, splits
 from task_models.tokenizer import build_tokenizer
-
-log = logging.getLogger(__name__)
 
 #: Bump when a recipe changes in a way the spec does not capture, to invalidate old caches.
 RECIPE_VERSION = 2
@@ -127,7 +126,7 @@ def ensure_pretrained(
         CAPTIONER: lambda out: _train_captioner_phase(spec, tokenizer, out, progress),
         EVAL: lambda out: _eval_phase(spec, root, out, progress),
     }
-    metas = {name: _run_phase(root, name, run) for name, run in phases.items()}
+    metas = {name: _run_phase(root, name, run, f"{i}/{len(phases)}") for i, (name, run) in enumerate(phases.items(), 1)}
     report = {
         "spec_key": spec.key(),
         "phases": metas,
@@ -144,16 +143,19 @@ def ensure_pretrained(
     )
 
 
-def _run_phase(root: Path, name: str, run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """Run one phase into a private temporary folder and rename it into place; skip if done."""
+def _run_phase(root: Path, name: str, run: Callable[[Path], dict[str, Any]], place: str) -> dict[str, Any]:
+    """Run one phase into a private temporary folder and rename it into place; skip if done.
+
+    Its lines go through Flower's logger, like the bars' log lines of `fedmmkt_strategy.progress`:
+    the first `flwr run` pre-trains inside the ServerApp, where only Flower's logger is shown."""
     final = root / name
     if final.is_dir():
-        log.info("phase %s: cached in %s, skipped", name, final)
+        log(INFO, "phase %s %s: cached in %s, skipped", place, name, final)
         return json.loads((final / PHASE_META).read_text())
     tmp = root / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    log.info("phase %s: started", name)
+    log(INFO, "phase %s %s: started", place, name)
     start = time.perf_counter()
     meta = {**run(tmp), "seconds": round(time.perf_counter() - start, 1)}
     (tmp / PHASE_META).write_text(json.dumps(meta, indent=2))
@@ -162,7 +164,7 @@ def _run_phase(root: Path, name: str, run: Callable[[Path], dict[str, Any]]) -> 
     except OSError:  # another process finished the same phase first; keep its result
         shutil.rmtree(tmp, ignore_errors=True)
         return json.loads((final / PHASE_META).read_text())
-    log.info("phase %s: done in %.1f s: %s", name, meta["seconds"], _short(meta))
+    log(INFO, "phase %s %s: done in %.1f s: %s", place, name, meta["seconds"], _short(meta))
     return meta
 
 
@@ -324,7 +326,6 @@ def parse_args(
 def main(argv: list[str] | None = None, defaults: PretrainSpec = PretrainSpec()) -> int:
     """``fedmmkt pretrain``: build the toy world's server models into the cache and print the report."""
     spec, args = parse_args(argv, defaults)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.force:
         shutil.rmtree((args.cache_dir or default_cache_root()) / spec.key(), ignore_errors=True)
     models = ensure_pretrained(spec, args.cache_dir, progress=not args.quiet)

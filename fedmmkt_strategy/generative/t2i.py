@@ -24,11 +24,11 @@ from diffusers import (
 )
 from diffusers.training_utils import EMAModel, cast_training_params
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
-from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
 
 from fedmmkt_strategy.generative.loading import from_pretrained_or_explain
 from fedmmkt_strategy.generative.memory import cuda_batch_size
+from fedmmkt_strategy.progress import track
 
 #: SD-1.x noise schedule; ``steps_offset``/``clip_sample`` silence diffusers deprecation warnings.
 SCHEDULE = dict(
@@ -187,7 +187,7 @@ def generate_images(
     latents = torch.randn(shape, generator=generator).to(pipe.device, pipe.unet.dtype)
     images = np.zeros((len(prompts), height, width, 3), np.uint8)
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="generate", unit="batch", disable=not progress):
+    for start in track(starts, "generate", "batch", enabled=progress):
         stop = min(start + batch_size, len(prompts))
         out = pipe(
             list(prompts[start:stop]),
@@ -263,7 +263,7 @@ def train_vae(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(steps))
     vae.train()
     losses = []
-    for _ in tqdm(range(steps), desc="vae", disable=not progress):
+    for _ in track(range(steps), "vae", "step", enabled=progress):
         x = data[torch.randint(len(data), (batch_size,), generator=generator)].to(vae.device)
         dist = vae.encode(x).latent_dist
         z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator).to(x.device)
@@ -377,7 +377,7 @@ def _train_denoiser(
     text_encoder.train(train_text_encoder)
     batch_size = _fit_training_batch(pipe, noise_scheduler, latent_mean, input_ids, trainable, batch_size, generator)
     losses = []
-    for _ in tqdm(range(steps), desc="denoiser", disable=not progress):
+    for _ in track(range(steps), "denoiser", "step", enabled=progress):
         pick = torch.randint(len(captions), (batch_size,), generator=generator)
         rows = torch.as_tensor(image_index)[pick]
         ids = input_ids[pick].clone()
