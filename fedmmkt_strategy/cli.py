@@ -20,6 +20,7 @@ commands:
   pretrain   build the toy world's server models (judge, T2I, captioner) into the cache
   compare    run several strategies on the same seeds and partitions; write a table and a plot
   deploy     start (or stop) a SuperLink and N SuperNodes on loopback, optionally with TLS and node auth
+  report     write report.html (one self-contained page) for a results folder or a comparison folder
 """
 
 
@@ -48,6 +49,7 @@ def pretrain_command(argv: list[str]) -> int:
 
 def compare_main(argv: list[str]) -> int:
     from fedmmkt_strategy.compare import PRESETS, compare, merge_results, write_outputs
+    from fedmmkt_strategy.report import write_report
 
     parser = argparse.ArgumentParser(prog="fedmmkt compare", description=__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
@@ -71,6 +73,7 @@ def compare_main(argv: list[str]) -> int:
         )
         write_outputs(results, args.out, header)
         print(f"merged comparison written to {args.out}/")
+        print(f"report: {write_report(args.out)}")
         return 0
     preset = PRESETS[args.preset]
     if args.variants:
@@ -80,6 +83,7 @@ def compare_main(argv: list[str]) -> int:
     base = {**_project_defaults(), **parse_config_args([args.run_config] if args.run_config else None)}
     compare(preset, args.out, base)
     print(f"comparison written to {args.out}/ (table.md, comparison.png, comparison.json, runs/)")
+    print(f"report: {write_report(args.out)}")
     return 0
 
 
@@ -142,6 +146,25 @@ def deploy_main(argv: list[str]) -> int:
     return 0
 
 
+def report_main(argv: list[str]) -> int:
+    """``fedmmkt report FOLDER``: (re)write the report.html of a run's or a comparison's folder."""
+    from fedmmkt_strategy.report import ReportError, write_report
+
+    parser = argparse.ArgumentParser(
+        prog="fedmmkt report",
+        description="Write FOLDER/report.html: one self-contained page (no network access) with a run's "
+        "config, accuracy, T2I scores, sample grids and diagnostics, or a comparison's table and plots.",
+    )
+    parser.add_argument("folder", type=Path, help="a results folder (metrics.json) or a comparison folder")
+    args = parser.parse_args(argv)
+    try:
+        print(write_report(args.folder))
+    except ReportError as err:
+        print(f"fedmmkt report: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -155,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return compare_main(rest)
     if command == "deploy":
         return deploy_main(rest)
+    if command == "report":
+        return report_main(rest)
     print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from fedmmkt_strategy.checkpoint import (
 )
 from fedmmkt_strategy.config import ConfigError, RunConfig
 from fedmmkt_strategy.factory import build_strategy
+from fedmmkt_strategy.report import write_report
 from fedmmkt_strategy.results import RunRecorder, make_run_dir
 from fedmmkt_strategy.server_models import ServerModels
 from fedmmkt_strategy.timeouts import PhaseTimeoutGrid, phase_timeouts
@@ -55,6 +56,7 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any], models: ServerMode
     finally:
         recorder.close()
     log(INFO, "results: %s (metrics.json, metrics.csv, accuracy.png, samples/, tensorboard/)", run_dir)
+    write_run_report(run_dir)
     return run_dir
 
 
@@ -89,7 +91,17 @@ def resume_federation(grid: Grid, config: RunConfig, models: ServerModels | None
     finally:
         recorder.close()
     log(INFO, "results: %s (metrics.json, metrics.csv, accuracy.png, samples/, tensorboard/)", run_dir)
+    write_run_report(run_dir)
     return run_dir
+
+
+def write_run_report(run_dir: Path) -> None:
+    """Write the run's report.html and log its path; the results are already on disk, so a report
+    that cannot be written costs a warning (`fedmmkt report` can retry), never the run."""
+    try:
+        log(INFO, "report: %s", write_report(run_dir))
+    except Exception as err:  # any failure: the run itself has succeeded
+        log(WARNING, "report: not written (%s: %s); retry with: fedmmkt report %s", type(err).__name__, err, run_dir)
 
 
 #: What restoring a checkpoint of the wrong structure raises (a missing key, a wrong type or shape).
