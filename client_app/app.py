@@ -23,6 +23,20 @@ torch.set_num_threads(1)  # simulated nodes share the machine's cores; one threa
 app = ClientApp()
 
 
+def _node(msg: Message, context: Context) -> ClientNode:
+    """This node, checked against the world the server announces: a node whose run config builds
+    another world (another dataset, class count) fails the message instead of sending rows the
+    server cannot read."""
+    node = ClientNode.from_context(context)
+    announced = msg.content[P.CONFIG].get(P.NUM_CLASSES) if P.CONFIG in msg.content.config_records else None
+    if announced is not None and int(announced) != node.world.num_classes:
+        raise ValueError(
+            f"the server's world has {announced} classes, this node's {node.world.num_classes}: "
+            "run the node with the run config of the server's run"
+        )
+    return node
+
+
 def _synthetic_inputs(node: ClientNode, msg: Message, context: Context) -> torch.Tensor:
     """This modality's synthetic inputs: the cached pool, updated with the rows the message carries."""
     if P.SYNTHETIC in msg.content.array_records:
@@ -33,7 +47,7 @@ def _synthetic_inputs(node: ClientNode, msg: Message, context: Context) -> torch
 @app.query("infer")
 def query_infer(msg: Message, context: Context) -> Message:
     """Probabilities, entropies and projected embeddings on the synthetic inputs, in `uplink-dtype`."""
-    node = ClientNode.from_context(context)
+    node = _node(msg, context)
     inputs = _synthetic_inputs(node, msg, context)
     out = infer(node.model, inputs, amp=node.config.client_amp, temperature=node.vote_temperature())
     probs, entropy, embedding = out.probs, out.entropy, out.embedding
@@ -84,7 +98,7 @@ def _distill_targets(node: ClientNode, msg: Message, context: Context) -> Distil
 @app.train("distill")
 def train_distill(msg: Message, context: Context) -> Message:
     """Train on private data (plus distillation when targets are sent); keep the model local."""
-    node = ClientNode.from_context(context)
+    node = _node(msg, context)
     if P.ARRAYS in msg.content.array_records:
         node.load_arrays(msg.content[P.ARRAYS])
     cfg, server_round = node.config, int(msg.content[P.CONFIG][P.SERVER_ROUND])
@@ -118,7 +132,7 @@ def train_distill(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Top-1 accuracy on the local test split and on the global test set of the modality."""
-    node = ClientNode.from_context(context)
+    node = _node(msg, context)
     if P.ARRAYS in msg.content.array_records:
         node.load_arrays(msg.content[P.ARRAYS])
         node.save(context)

@@ -53,6 +53,7 @@ class FederatedStrategy(Strategy):
         self.nodes: list[int] = []
         self.clients: dict[int, dict[str, str | int]] = {}  # node id -> what it told us it runs
         self._sent: dict[str, list[Message]] = {}
+        self._world_header: dict[str, int | list[str]] | None = None
 
     # ------------------------------------------------------------------ hooks
     def prepare_round(self, server_round: int, grid: Grid) -> None:
@@ -101,13 +102,29 @@ class FederatedStrategy(Strategy):
 
     # ------------------------------------------------------------------ messaging
     def send(self, phase: str, message_type: str, server_round: int, contents: dict[int, RecordDict]) -> list[Message]:
-        """Build one message per node, count downlink bytes, and remember them for reply matching."""
+        """Build one message per node, count downlink bytes, and remember them for reply matching.
+
+        Every message carries the world's class count and names in its config (`world_header`): a
+        client written from docs/protocol.md learns C from the first message it gets, whatever the
+        strategy, and a restarted client from the next one."""
         messages = []
+        header = self.world_header()
         for node, content in contents.items():
+            if P.CONFIG in content.config_records:
+                content.config_records[P.CONFIG].update(header)
+            else:
+                content[P.CONFIG] = ConfigRecord(header)
             self.recorder.client(server_round, node, bytes_down=payload_bytes(content))
             messages.append(Message(content, dst_node_id=node, message_type=message_type, group_id=str(server_round)))
         self._sent[phase] = messages
         return messages
+
+    def world_header(self) -> dict[str, int | list[str]]:
+        """`num-classes` and `class-names` of the run's world (built once; a few hundred bytes)."""
+        if self._world_header is None:
+            names = list(self.config.world().class_names)
+            self._world_header = {P.NUM_CLASSES: len(names), P.CLASS_NAMES: names}
+        return self._world_header
 
     def receive(self, phase: str, server_round: int, replies: Iterable[Message], check) -> PhaseOutcome:
         """Match, check and account the replies of a phase; fail below the quorum."""

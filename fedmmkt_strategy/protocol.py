@@ -21,6 +21,8 @@ TARGETS = "targets"  # ArrayRecord: distillation targets on the synthetic set
 SERVER_ROUND = "server-round"
 RETURN_ARRAYS = "return-arrays"  # bool: reply with the trained weights under ARRAYS
 SEND_LABEL_COUNTS = "send-label-counts"  # bool (query.infer): add LABEL_COUNTS to the CLIENT record
+NUM_CLASSES = "num-classes"  # int, in every message: C, the width of every probability row
+CLASS_NAMES = "class-names"  # list[str] [C], in every message: class c's name, in label order
 
 # keys inside SYNTHETIC (a client caches the pool; the server sends only rows it lacks)
 IMAGES = "images"  # uint8 [R, H, W, 3]

@@ -96,6 +96,15 @@ def test_evaluate_reports_local_and_global_accuracy():
     assert 0 <= m[P.ACC_LOCAL] <= 1 and 0 <= m[P.ACC_GLOBAL] <= 1
 
 
+def test_a_node_of_another_world_fails_the_message_by_its_class_count():
+    grid = InProcessGrid(client_app, TINY, 4)
+    content = _synthetic()
+    content[P.CONFIG][P.NUM_CLASSES] = 7
+    [mid] = grid.push_messages([Message(content, dst_node_id=100, message_type=P.QUERY_INFER)])
+    [reply] = grid.pull_messages([mid])
+    assert reply.has_error() and f"7 classes, this node's {domain.NUM_CLASSES}" in reply.error.reason
+
+
 def test_local_strategy_writes_results(tmp_path):
     _, recorder = _run(tmp_path, "local")
     data = json.loads((recorder.run_dir / "metrics.json").read_text())
@@ -108,6 +117,12 @@ def test_local_strategy_writes_results(tmp_path):
 
 def test_fedavg_gives_clients_of_one_architecture_the_same_weights(tmp_path):
     grid, _ = _run(tmp_path, "fedavg")
+    # every message announces the world (docs/protocol.md): C and the class names, in label order
+    assert grid.sent and all(
+        m.content[P.CONFIG][P.NUM_CLASSES] == domain.NUM_CLASSES
+        and list(m.content[P.CONFIG][P.CLASS_NAMES]) == domain.class_names()
+        for m in grid.sent
+    )
     a = grid.contexts[100].state["model"].to_torch_state_dict()  # image:cnn
     b = grid.contexts[102].state["model"].to_torch_state_dict()  # image:cnn
     assert all(torch.allclose(a[k].float(), b[k].float()) for k in a)
