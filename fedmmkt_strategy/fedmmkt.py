@@ -124,6 +124,7 @@ class FedMMKT(FederatedStrategy):
         self._timings: dict[str, float] = {}
         robust = config.labvote_robust == "reliability"
         self.reliability = ReliabilityTracker(config.labvote_reliability_decay) if robust else None
+        self.vote_reliability: dict[int, float] = {}  # node -> this round's vote reliability (the defence)
         self.privacy = (
             PrivacyLedger(config.dp_noise_multiplier, config.dp_delta) if config.dp_noise_multiplier else None
         )
@@ -327,10 +328,23 @@ class FedMMKT(FederatedStrategy):
         if self.reliability is None:
             return None
         weights = self.reliability.weights(nodes, probs)
+        self.vote_reliability = dict(zip(nodes, weights.tolist()))
         for node, weight in zip(nodes, weights):
             agreement = self.reliability.history.get(node, float("nan"))
             self.recorder.client(server_round, node, reliability=float(weight), vote_agreement=agreement)
         return weights
+
+    def fusion_reliability(self, server_round: int, nodes: list[int], reps: torch.Tensor) -> torch.Tensor | None:
+        """The defence's weight [K] of each client of one modality in the fusion: its vote
+        reliability times its embedding reliability (robust.py); None when the defence is off."""
+        if self.reliability is None:
+            return None
+        embedding = self.reliability.embedding_weights(nodes, reps.numpy())
+        vote = np.array([self.vote_reliability.get(node, 1.0) for node in nodes])
+        for node, weight in zip(nodes, embedding):
+            agreement = self.reliability.embedding_history.get(node, float("nan"))
+            self.recorder.client(server_round, node, embedding_reliability=float(weight), embedding_agreement=agreement)
+        return torch.as_tensor(vote * embedding, dtype=torch.float32)
 
     def _anchors(self, modality: str, kept: np.ndarray, text_anchor: torch.Tensor) -> torch.Tensor:
         """The other modalities' previous fused vectors of the kept rows, where known; else the
@@ -356,9 +370,14 @@ class FedMMKT(FederatedStrategy):
         tokens: dict[str, torch.Tensor] = {}
         for m, nodes in by_modality.items():
             reps = torch.as_tensor(self._stack(outcome, P.EMBEDDING, nodes)[:, kept])
+            defence = self.fusion_reliability(server_round, nodes, reps)
             if self.use_contrastive:
                 anchors = self._anchors(m, kept, text_anchor)
-                alpha = contrastive_weights(reps, anchors, self.config.contrastive_tau, self.config.contrastive_batch)
+                alpha = contrastive_weights(
+                    reps, anchors, self.config.contrastive_tau, self.config.contrastive_batch, defence
+                )
+            elif defence is not None and float(defence.sum()) > 0:
+                alpha = (defence / defence.sum())[:, None].expand(reps.shape[:2]).clone()
             else:
                 alpha = torch.full(reps.shape[:2], 1.0 / len(nodes))
             diag = weight_diagnostics(alpha)

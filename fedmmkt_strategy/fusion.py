@@ -53,10 +53,20 @@ def contrastive_scores(
 
 
 def contrastive_weights(
-    reps: torch.Tensor, anchors: torch.Tensor, tau: float = 0.1, batch_size: int | None = None
+    reps: torch.Tensor,
+    anchors: torch.Tensor,
+    tau: float = 0.1,
+    batch_size: int | None = None,
+    client_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """alpha [K, N]: per sample, a softmax over clients of their contrastive scores."""
-    return torch.softmax(contrastive_scores(reps, anchors, tau, batch_size), dim=0)
+    """alpha [K, N]: per sample, a softmax over clients of their contrastive scores.
+
+    `client_weights` [K] in [0, 1] (the Byzantine defence's reliabilities) multiply each client's
+    ``exp(s_{k,i})`` before normalising: weight 0 removes a client, all-equal weights change nothing."""
+    scores = contrastive_scores(reps, anchors, tau, batch_size)
+    if client_weights is not None:
+        scores = scores + torch.log(client_weights.to(scores.dtype).clamp_min(1e-12))[:, None]
+    return torch.softmax(scores, dim=0)
 
 
 def aggregate(reps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

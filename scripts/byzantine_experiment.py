@@ -1,14 +1,18 @@
-"""Byzantine clients with and without the reliability defence: honest accuracy and GenAcc.
+"""Byzantine clients of every kind, with and without the defence: honest accuracy and GenAcc.
 
-Five in-process clients (the test federation's four roles plus a second image CNN), one of
-which (20 %) answers every `query.infer` with confident wrong votes (`faults.ByzantineClientApp`).
-Three runs on the same seed: no attack, attack without defence, attack with
-`labvote-robust = "reliability"`. Uses the pre-trained toy server models from the cache
-(built by `fedmmkt pretrain`; this script refuses to start a 17-minute pre-training).
+Ten in-process clients (the test federation's four roles, repeated), of which two (20 %: nodes
+108, an image CNN, and 109, a text bag-of-words) attack with one of `faults.ATTACKS` in every
+`query.infer`. Per seed: one clean run, then per attack kind a run without defence and one with
+`labvote-robust = "reliability"` (which weighs both the vote and the fusion). Uses the
+pre-trained toy server models from the cache (built by `fedmmkt pretrain`; this script refuses
+to start a pre-training).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/byzantine_experiment.py --out byzantine-results
+    # one kind, one seed, two rounds (a few minutes): --attacks confident-liar --seeds 0 --rounds 2
 
-Writes ``<out>/byzantine.json`` and prints a Markdown table (docs/robustness.md holds one).
+Writes ``<out>/byzantine.json`` (every run) and prints a Markdown table of the means over seeds
+with their spread (docs/robustness.md holds one): honest clients' accuracy and GenAcc, each as
+the change against the clean run of the same seed.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedmmkt_strategy.config import RunConfig
-from fedmmkt_strategy.faults import ByzantineClientApp
+from fedmmkt_strategy.faults import ATTACKS, ByzantineClientApp
 from fedmmkt_strategy.generative.pretrain import default_cache_root
+from fedmmkt_strategy.generative.synthesis import class_balanced_prompts
 from fedmmkt_strategy.inprocess import InProcessGrid, load_client_app
+from fedmmkt_strategy.progress import say, track
 from fedmmkt_strategy.runner import run_federation
 from fedmmkt_strategy.server_models import load_server_models, pretrain_spec
 
@@ -32,67 +39,118 @@ BASE = {
     "pool-size": 2000,
     "test-per-class": 10,
     "local-epochs": 1,
-    "num-server-rounds": 2,
     "synthetic-size": 96,
     "t2i-eval-per-class": 4,
     "t2i-final-eval-per-class": 4,
     "node-settle": 0.0,
+    "checkpoint": False,
 }
-NODES, BYZANTINE = 5, [104]
-VARIANTS = {
-    "no attack": ([], "none"),
-    "attack, no defence": (BYZANTINE, "none"),
-    "attack, reliability defence": (BYZANTINE, "reliability"),
-}
+NODES = 10
+ATTACKERS = [108, 109]  # 20 %: slots 0 and 1 of the layout, one image and one text client
+DEFENCES = {"no defence": "none", "defence": "reliability"}
 
 
-def run_variant(name: str, liars: list[int], robust: str, out: Path) -> dict[str, float]:
-    """One run; the honest clients' final accuracy, GenAcc and how much of the vote the liar took."""
+def run_one(name: str, attack: str | None, robust: str, seed: int, rounds: int, out: Path) -> dict[str, Any]:
+    """One run; the honest clients' final accuracy, GenAcc, and the attackers' share and weights."""
     rc = {
         **BASE,
+        "seed": seed,
+        "num-server-rounds": rounds,
         "labvote-robust": robust,
         "results-dir": str(out / "runs"),
-        "run-name": name.replace(",", "").replace(" ", "-"),
+        "run-name": f"{name}-seed{seed}",
     }
     config = RunConfig.from_run_config(rc)
-    app = ByzantineClientApp(load_client_app(), liars, seed=config.seed)
+    attackers = ATTACKERS if attack else []
+    app = load_client_app()
+    if attack:
+        prompts = class_balanced_prompts(config.synthetic_size, config.seed * 100003, config.world().num_classes)[1]
+        app = ByzantineClientApp(app, attackers, seed=seed, attack=attack, prompt_classes=prompts)
     grid = InProcessGrid(app, rc, NODES)
     started = time.time()
     metrics = json.loads((run_federation(grid, rc, load_server_models(config)) / "metrics.json").read_text())
     last = metrics["rounds"][-1]
-    honest = [c for c in last["clients"] if c["node_id"] not in liars and "acc_global" in c]
-    liar_rows = [c for c in last["clients"] if c["node_id"] in liars]
+    honest = [c for c in last["clients"] if c["node_id"] not in attackers and "acc_global" in c]
+    bad = [c for c in last["clients"] if c["node_id"] in attackers]
     gen = [r["server"]["gen_acc"] for r in metrics["rounds"] if "gen_acc" in r["server"]]
+
+    def mean_of(rows: list[dict], key: str) -> float:
+        values = [c[key] for c in rows if key in c]
+        return float(np.mean(values)) if values else float("nan")
+
     return {
-        "honest_image_acc": float(np.mean([c["acc_global"] for c in honest if c["modality"] == "image"])),
-        "honest_text_acc": float(np.mean([c["acc_global"] for c in honest if c["modality"] == "text"])),
+        "seed": seed,
+        "attack": attack,
+        "robust": robust,
+        "honest_image_acc": mean_of([c for c in honest if c["modality"] == "image"], "acc_global"),
+        "honest_text_acc": mean_of([c for c in honest if c["modality"] == "text"], "acc_global"),
         "gen_acc_round0": gen[0],
         "gen_acc": gen[-1],
-        "vote_prompt_agreement": last["server"]["vote_prompt_agreement"],
-        "liar_counted_vote_share": float(np.mean([c["counted_vote_share"] for c in liar_rows])) if liars else 0.0,
-        "liar_reliability": float(np.mean([c["reliability"] for c in liar_rows]))
-        if liars and robust != "none"
-        else 1.0,
+        "attacker_counted_vote_share": mean_of(bad, "counted_vote_share"),
+        "attacker_reliability": mean_of(bad, "reliability"),
+        "attacker_embedding_reliability": mean_of(bad, "embedding_reliability"),
         "honest_reliability_min": min((c.get("reliability", 1.0) for c in honest), default=1.0),
+        "failures": len(metrics["failures"]),
         "wall_s": time.time() - started,
     }
 
 
-def main() -> None:
+def table(runs: list[dict[str, Any]]) -> str:
+    """Markdown: per attack and defence, mean (and spread over seeds) of the honest clients'
+    accuracy change and GenAcc's relative change against the clean run of the same seed."""
+    clean = {r["seed"]: r for r in runs if r["attack"] is None}
+    lines = [
+        "| attack | defence | honest image acc, change (points) | honest text acc, change (points) "
+        "| GenAcc, relative change | attackers' counted vote share | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+        v = scale * np.asarray(values)
+        return f"{v.mean():+.{digits}f} ± {v.std():.{digits}f}"
+
+    for attack in dict.fromkeys(r["attack"] for r in runs if r["attack"]):
+        for label, robust in DEFENCES.items():
+            rows = [r for r in runs if r["attack"] == attack and r["robust"] == robust and r["seed"] in clean]
+            if not rows:
+                continue
+            image = [r["honest_image_acc"] - clean[r["seed"]]["honest_image_acc"] for r in rows]
+            text = [r["honest_text_acc"] - clean[r["seed"]]["honest_text_acc"] for r in rows]
+            gen = [r["gen_acc"] / clean[r["seed"]]["gen_acc"] - 1 for r in rows]
+            share = np.mean([r["attacker_counted_vote_share"] for r in rows])
+            seeds = ",".join(str(r["seed"]) for r in rows)
+            cells = [attack, label, cell(image), cell(text), f"{cell(gen)} %", f"{share:.2f}", seeds]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("byzantine-results"))
-    args = parser.parse_args()
+    parser.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated, of {', '.join(ATTACKS)}")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    attacks = args.attacks.split(",")
+    unknown = sorted(set(attacks) - set(ATTACKS))
+    if unknown:
+        raise SystemExit(f"--attacks: unknown {unknown}; choose from {', '.join(ATTACKS)}")
     spec = pretrain_spec(RunConfig.from_run_config(BASE))
     if not (default_cache_root() / spec.key() / "report.json").exists():
         raise SystemExit("the pre-trained toy server models are not cached: run `fedmmkt pretrain` first")
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {name: run_variant(name, liars, robust, args.out) for name, (liars, robust) in VARIANTS.items()}
-    (args.out / "byzantine.json").write_text(json.dumps(results, indent=2))
-    keys = list(next(iter(results.values())))
-    print("| variant | " + " | ".join(keys) + " |")
-    print("|---" * (len(keys) + 1) + "|")
-    for name, row in results.items():
-        print(f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |")
+    plan = [
+        (seed, attack, robust)
+        for seed in [int(s) for s in args.seeds.split(",")]
+        for attack, robust in [(None, "none")] + [(a, r) for a in attacks for r in DEFENCES.values()]
+    ]
+    runs: list[dict[str, Any]] = []
+    for seed, attack, robust in track(plan, "byzantine", "run", every=0):
+        name = "clean" if attack is None else f"{attack}-{robust}"
+        runs.append(run_one(name, attack, robust, seed, args.rounds, args.out))
+        say(f"{name}, seed {seed}: image {runs[-1]['honest_image_acc']:.3f}, text {runs[-1]['honest_text_acc']:.3f}")
+        (args.out / "byzantine.json").write_text(json.dumps(runs, indent=2))
+    print(table(runs))
 
 
 if __name__ == "__main__":

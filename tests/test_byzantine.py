@@ -65,3 +65,6 @@ def test_the_defence_scores_every_client_and_weighs_the_vote_with_it(tmp_path, m
     agreement = np.array([c["vote_agreement"] for c in clients])
     assert np.array([c["reliability"] for c in clients]) == pytest.approx(reliability_weights(agreement))
     assert len(clients) == NODES and metrics["config"]["labvote-robust"] == "reliability"
+    # the fusion is defended too: every client's weight in its modality's contrastive aggregation
+    # is scaled by its embedding reliability, recorded per round
+    assert all(0.0 <= c["embedding_reliability"] <= 1.0 for c in clients)
