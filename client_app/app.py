@@ -27,8 +27,10 @@ def _node(msg: Message, context: Context) -> ClientNode:
     """This node, checked against the world the server announces: a node whose run config builds
     another world (another dataset, class count) fails the message instead of sending rows the
     server cannot read."""
-    node = ClientNode.from_context(context)
-    announced = msg.content[P.CONFIG].get(P.NUM_CLASSES) if P.CONFIG in msg.content.config_records else None
+    config = msg.content[P.CONFIG] if P.CONFIG in msg.content.config_records else {}
+    run_key = config.get(P.RUN_KEY)
+    node = ClientNode.from_context(context, run_key=str(run_key) if run_key else None)
+    announced = config.get(P.NUM_CLASSES)
     if announced is not None and int(announced) != node.world.num_classes:
         raise ValueError(
             f"the server's world has {announced} classes, this node's {node.world.num_classes}: "
@@ -41,6 +43,7 @@ def _synthetic_inputs(node: ClientNode, msg: Message, context: Context) -> torch
     """This modality's synthetic inputs: the cached pool, updated with the rows the message carries."""
     if P.SYNTHETIC in msg.content.array_records:
         update_synthetic_cache(context.state, msg.content[P.SYNTHETIC])
+        node.persist(context)  # a restarted node then holds the pool, and gets only new rows
     return node.model_input(cached_synthetic(context.state, node.role.modality))
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from logging import INFO
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 
+from client_app.persistence import read_state, restore_synthetic, state_file, state_root, synthetic_arrays, write_state
+from client_app.synthetic_cache import CACHE as SYNTHETIC_CACHE
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
 from task_models.augment import augment
@@ -66,10 +69,15 @@ class ClientNode:
     data: ClientData
     model: TaskModel
 
+    state_path: Path | None = None  # where this node's state survives a restart (persistence.py)
+
     @classmethod
-    def from_context(cls, context: Context) -> ClientNode:
+    def from_context(cls, context: Context, run_key: str | None = None) -> ClientNode:
+        """This node for one message: config, role, data and model, with the model from
+        `context.state`, else from the state file of `run_key` (a restart), else warmed up."""
         config = RunConfig.from_run_config(context.run_config)
-        partition_id = parse_node_config(context.node_config).partition_id
+        node_config = parse_node_config(context.node_config)
+        partition_id = node_config.partition_id
         role = resolve_role(context.node_config, config.layout)  # node-config keys override the layout
         world = config.world()
         data = load_client_data(
@@ -84,7 +92,7 @@ class ClientNode:
         spec = ModelSpec(
             world.num_classes,
             config.fusion_dim,
-            len(world.tokenizer()),
+            world.vocab_size(),
             config.image_size,
             pretrained=config.client_pretrained,
             width_scale=config.client_width_scale,
@@ -95,11 +103,27 @@ class ClientNode:
         )
         model.to(resolve_client_device(config.client_device))
         node = cls(config, world, role, partition_id, data, model)
+        root = state_root(config.client_state_dir, node_config.state_dir, config.cache_dir, config.checkpoint)
+        if root is not None and run_key:
+            node_key = f"p{partition_id}-{role.modality}-{role.architecture}"
+            node.state_path = state_file(root, run_key, node_key)
         if MODEL_STATE in context.state:
             model.load_state_dict(context.state[MODEL_STATE].to_torch_state_dict())
+        elif node.state_path is not None and node.state_path.exists():
+            node.restore(context)
         elif config.client_warmup_epochs > 0:
             node.warm_up(context)
         return node
+
+    def restore(self, context: Context) -> None:
+        """Model and synthetic pool from this node's state file, into the model and `context.state`
+        (the node restarted, or the server resumed the run as a new Flower run)."""
+        weights, synthetic = read_state(self.state_path)
+        self.model.load_state_dict(weights)
+        context.state[MODEL_STATE] = ArrayRecord(self.cpu_state())
+        restore_synthetic(context.state, SYNTHETIC_CACHE, synthetic)
+        role = self.role
+        log(INFO, "%s client %s: restored model and pool from %s", role.modality, role.architecture, self.state_path)
 
     def warm_up(self, context: Context) -> None:
         """Train a fresh model on private data to convergence before its first use (early stopping
@@ -170,7 +194,16 @@ class ClientNode:
         return {key: value.detach().cpu() for key, value in self.model.state_dict().items()}
 
     def save(self, context: Context) -> None:
+        """The model into `context.state`, and with the pool into the state file when there is one."""
         context.state[MODEL_STATE] = ArrayRecord(self.cpu_state())
+        self.persist(context)
+
+    def persist(self, context: Context) -> None:
+        """Model (as `context.state` holds it) and synthetic pool into the state file, atomically."""
+        if self.state_path is None or MODEL_STATE not in context.state:
+            return
+        weights = context.state[MODEL_STATE].to_torch_state_dict()
+        write_state(self.state_path, weights, synthetic_arrays(context.state, SYNTHETIC_CACHE))
 
     def load_arrays(self, arrays: ArrayRecord) -> None:
         self.model.load_state_dict(arrays.to_torch_state_dict())
@@ -201,5 +234,6 @@ class ClientNode:
         return self.model_input(part.inputs), torch.as_tensor(part.labels)
 
     def model_input(self, raw) -> torch.Tensor:
-        """Raw images or texts of this node's modality as its model's input (the world's tokenizer)."""
-        return to_model_input(self.role.modality, raw, self.world.tokenizer())
+        """Raw images or texts of this node's modality as its model's input (the world's tokenizer;
+        the toy one is encoded without `transformers`)."""
+        return to_model_input(self.role.modality, raw, self.world.hub_tokenizer())

@@ -7,6 +7,7 @@ that override the hooks `prepare_round`, `train_content`, `evaluate_content` and
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable
 from logging import INFO, WARNING
@@ -53,7 +54,10 @@ class FederatedStrategy(Strategy):
         self.nodes: list[int] = []
         self.clients: dict[int, dict[str, str | int]] = {}  # node id -> what it told us it runs
         self._sent: dict[str, list[Message]] = {}
-        self._world_header: dict[str, int | list[str]] | None = None
+        self._world_header: dict[str, int | str | list[str]] | None = None
+        #: with the results folder's name, the run key: unique even where folder names repeat
+        #: (a test's "whole" in another temporary folder), so a fresh run never loads another's state
+        self.run_token = secrets.token_hex(6)
 
     # ------------------------------------------------------------------ hooks
     def prepare_round(self, server_round: int, grid: Grid) -> None:
@@ -80,11 +84,15 @@ class FederatedStrategy(Strategy):
 
     def state_dict(self) -> dict:
         """What this strategy must remember across rounds, for a checkpoint; extended by subclasses."""
-        return {"clients": {node: dict(info) for node, info in self.clients.items()}}
+        return {"clients": {node: dict(info) for node, info in self.clients.items()}, "run_token": self.run_token}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()` when a run resumes."""
         self.clients = {int(node): dict(info) for node, info in state["clients"].items()}
+        # the resumed run keeps its run key, so clients find the state they saved before the crash
+        # (a checkpoint from before run keys existed keeps the fresh token: clients start over)
+        self.run_token = str(state.get("run_token", self.run_token))
+        self._world_header = None
 
     def save_checkpoint(self, server_round: int) -> None:
         """The server's whole state after a complete round, atomically into the results folder."""
@@ -104,9 +112,9 @@ class FederatedStrategy(Strategy):
     def send(self, phase: str, message_type: str, server_round: int, contents: dict[int, RecordDict]) -> list[Message]:
         """Build one message per node, count downlink bytes, and remember them for reply matching.
 
-        Every message carries the world's class count and names in its config (`world_header`): a
-        client written from docs/protocol.md learns C from the first message it gets, whatever the
-        strategy, and a restarted client from the next one."""
+        Every message carries the world's class count and names and the run key in its config
+        (`world_header`): a client written from docs/protocol.md learns C from the first message it
+        gets, whatever the strategy, and a restarted client finds its saved state by the run key."""
         messages = []
         header = self.world_header()
         for node, content in contents.items():
@@ -119,11 +127,17 @@ class FederatedStrategy(Strategy):
         self._sent[phase] = messages
         return messages
 
-    def world_header(self) -> dict[str, int | list[str]]:
-        """`num-classes` and `class-names` of the run's world (built once; a few hundred bytes)."""
+    def world_header(self) -> dict[str, int | str | list[str]]:
+        """`num-classes` and `class-names` of the run's world (built once; a few hundred bytes), and
+        the `run-key` under which clients keep their state across restarts (the results folder's
+        name, which a resumed run keeps)."""
         if self._world_header is None:
             names = list(self.config.world().class_names)
-            self._world_header = {P.NUM_CLASSES: len(names), P.CLASS_NAMES: names}
+            self._world_header = {
+                P.NUM_CLASSES: len(names),
+                P.CLASS_NAMES: names,
+                P.RUN_KEY: f"{self.recorder.run_dir.name}-{self.run_token}",
+            }
         return self._world_header
 
     def receive(self, phase: str, server_round: int, replies: Iterable[Message], check) -> PhaseOutcome:

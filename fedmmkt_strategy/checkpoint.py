@@ -39,6 +39,7 @@ RESUMABLE_KEYS = frozenset(
         "sample-deadline",
         "node-settle",
         "results-dir",
+        "client-state-dir",  # where clients keep their state, not what they compute
         "run-name",
         "trackers",
         "cache-dir",

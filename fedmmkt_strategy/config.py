@@ -125,6 +125,7 @@ class RunConfig(BaseModel):
     client_device: Literal["auto", "cpu", "cuda"] = "auto"
     client_amp: bool = True
     client_calibration: Literal["none", "temperature"] = "none"
+    client_state_dir: str = Field("auto", min_length=1, max_length=4096)
     t2i_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     use_labvote: bool = True
     use_contrastive_aggregation: bool = True

@@ -23,6 +23,7 @@ RETURN_ARRAYS = "return-arrays"  # bool: reply with the trained weights under AR
 SEND_LABEL_COUNTS = "send-label-counts"  # bool (query.infer): add LABEL_COUNTS to the CLIENT record
 NUM_CLASSES = "num-classes"  # int, in every message: C, the width of every probability row
 CLASS_NAMES = "class-names"  # list[str] [C], in every message: class c's name, in label order
+RUN_KEY = "run-key"  # str, in every message: the run's name (kept by a resume), keys a client's saved state
 
 # keys inside SYNTHETIC (a client caches the pool; the server sends only rows it lacks)
 IMAGES = "images"  # uint8 [R, H, W, 3]

@@ -39,6 +39,8 @@ class NodeConfig(BaseModel):
     architecture: str | None = None
     data_partition: int | None = Field(None, ge=0)
     num_data_partitions: int | None = Field(None, ge=1)
+    #: where this node keeps its model and synthetic pool across restarts (client_app/persistence.py)
+    state_dir: str | None = Field(None, min_length=1, max_length=4096)
 
     @model_validator(mode="after")
     def _consistent(self) -> NodeConfig:
