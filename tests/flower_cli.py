@@ -1,6 +1,10 @@
 """Running real Flower processes from tests: an owned SuperLink, `flwr run`, status checks.
 
 Every process started here is stopped by its process group id, so nothing outlives a test.
+Every port is a free one, so tests can run next to other Flower runs on the machine (README,
+"Concurrent runs"): the SuperLink's one HTTP API (`--host`/`--port`, Fleet, Control and
+ServerAppIo alike in Flower 1.42), the CLI's connection to it (an explicit address in this
+test's own FLWR_HOME, never ":local:"), and, as a guard, the port `:local:` would use.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -24,17 +31,72 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Variables that would make a test's Flower processes share something with another run: the
+#: legacy gRPC Control/Fleet APIs on the fixed ports 9093/9092 (started only when these are "1"),
+#: and an existing Ray cluster that the simulation's `ray.init()` would join.
+SHARED_STATE_VARIABLES = ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API", "RAY_ADDRESS")
+
+
 def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for Flower CLIs: own FLWR_HOME, no runtime dependency installation."""
-    env = dict(os.environ)
+    """Environment for Flower CLIs: own FLWR_HOME, no runtime dependency installation, nothing
+    shared with other runs (a `:local:` connection, should one be used, gets free ports too)."""
+    env = {k: v for k, v in os.environ.items() if k not in SHARED_STATE_VARIABLES}
     env.update(
         FLWR_HOME=str(flwr_home),
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
         FLWR_DISABLE_UPDATE_CHECK="1",
         FLWR_TELEMETRY_ENABLED="0",
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
+        FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
     return env
+
+
+@dataclass(frozen=True)
+class SuperLink:
+    """A SuperLink started by `own_superlink`: the environment of Flower CLIs whose FLWR_HOME's
+    default connection `connection` points at it, and its log."""
+
+    env: dict[str, str]
+    log: Path
+    port: int
+    connection: str = "ci"
+
+    def wait_for_run(self, run_id: int, timeout: float) -> tuple[str, str]:
+        return wait_for_run(self.connection, run_id, self.env, timeout, superlink_log=self.log)
+
+
+@contextmanager
+def own_superlink(folder: Path, connection: str = "ci") -> Iterator[SuperLink]:
+    """A simulation SuperLink on a free loopback port, with its database, log and a FLWR_HOME in
+    `folder`; stopped by its process group id on exit."""
+    port = free_port()
+    home = folder / "flwr-home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{connection}"\n\n'
+        f'[superlink.{connection}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    env = flower_env(home)
+    cmd = [
+        str(BIN / "flower-superlink"),
+        "--insecure",
+        "--simulation",
+        "--disable-runtime-dependency-installation",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database",
+        str(folder / "state.db"),
+    ]
+    proc = start(cmd, env, folder / "superlink.log")
+    try:
+        wait_for_port(port)
+        yield SuperLink(env, folder / "superlink.log", port, connection)
+    finally:
+        stop(proc)
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
