@@ -7,6 +7,9 @@ files or a `save_to_disk` folder. Every row becomes what the toy splits hold (`s
 ``caption_label`` (= label: real captions are not deliberately wrong). The rows are then cut,
 by a seeded permutation, into the same six disjoint splits, so the Dirichlet partitioner,
 clients and server code see no difference between the worlds (ALGORITHM.md, "Two worlds").
+
+`datasets` and PIL are imported by the functions that load and map the data, so a toy-world
+node (which needs only `PaperDataSpec`, through the run config) never loads them.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import Array3D, ClassLabel, Dataset, Features, Sequence, Value, load_dataset, load_from_disk
-from PIL import Image
 
 from task_models import splits
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from PIL import Image
 
 #: Share of the rows each split gets; the two client pools share what is left, half each.
 SPLIT_FRACTIONS = {
@@ -77,6 +83,8 @@ def _unavailable(spec: PaperDataSpec, err: Exception) -> DatasetUnavailableError
 
 def load_source(spec: PaperDataSpec) -> Dataset:
     """Read the raw dataset named by ``spec.source`` (local path first, else hub id)."""
+    from datasets import load_dataset, load_from_disk  # paper-world nodes only
+
     path = Path(spec.source).expanduser()
     try:
         if path.is_file():
@@ -93,6 +101,8 @@ def load_source(spec: PaperDataSpec) -> Dataset:
 
 def class_names(dataset: Dataset, label_column: str) -> tuple[Dataset, list[str]]:
     """The label column as int ids plus the class names, from a ClassLabel or by encoding strings/ints."""
+    from datasets import ClassLabel  # paper-world nodes only
+
     if label_column not in dataset.column_names:
         raise KeyError(f"hf-label-column = {label_column!r} is not a column; columns: {dataset.column_names}")
     feature = dataset.features[label_column]
@@ -104,6 +114,8 @@ def class_names(dataset: Dataset, label_column: str) -> tuple[Dataset, list[str]
 
 def square_resize(image: Image.Image, size: int) -> np.ndarray:
     """Centre square crop, then bicubic resize to ``size``: uint8 [size, size, 3]."""
+    from PIL import Image  # paper-world nodes only (the toy world draws its images with numpy)
+
     image = image.convert("RGB")
     w, h = image.size
     side = min(w, h)
@@ -123,6 +135,8 @@ def as_captions(value: str | list | None) -> list[str]:
 
 def to_world_schema(dataset: Dataset, spec: PaperDataSpec) -> Dataset:
     """Map raw rows to the toy schema: image uint8 [S, S, 3], label, captions, caption_label."""
+    from datasets import Array3D, Features, Sequence, Value  # paper-world nodes only
+
     for key, column in (("hf-image-column", spec.image_column), ("hf-text-column", spec.text_column)):
         if column not in dataset.column_names:
             raise KeyError(f"{key} = {column!r} is not a column of {spec.source!r}; columns: {dataset.column_names}")

@@ -9,13 +9,15 @@ clients of a modality, whatever their architecture.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
 
-from task_models.tokenizer import build_tokenizer
+from task_models import tokenizer as toy_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 Modality = Literal["image", "text", "sensor"]
 MODALITIES: tuple[Modality, ...] = ("image", "text", "sensor")
@@ -31,9 +33,11 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 def texts_to_tensor(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase | None = None) -> torch.Tensor:
     """Captions -> int64 token ids [N, TEXT_MAX_LENGTH], padded with 0.
 
-    `tokenizer` defaults to the toy world's; the paper world passes its hub tokenizer (e.g. BERT's).
+    `tokenizer` defaults to the toy world's (encoded with `tokenizers` alone: no `transformers` on a
+    toy text node); the paper world passes its hub tokenizer (e.g. BERT's).
     """
-    tokenizer = tokenizer or build_tokenizer(TEXT_MAX_LENGTH)
+    if tokenizer is None:
+        return toy_tokenizer.encode_texts(texts, TEXT_MAX_LENGTH)
     encoded = tokenizer(
         list(texts), padding="max_length", truncation=True, max_length=TEXT_MAX_LENGTH, return_tensors="pt"
     )
@@ -63,4 +67,4 @@ def to_model_input(
 
 def vocab_size() -> int:
     """Size of the text vocabulary (embedding tables of text models)."""
-    return len(build_tokenizer(TEXT_MAX_LENGTH))
+    return toy_tokenizer.vocab_size()

@@ -6,6 +6,8 @@ The projection lives with the client, so heterogeneous widths d_k are aligned at
 the server only ever sees d-dimensional vectors (ALGORITHM.md, "Roles and data").
 
 Backbones are built from config with random initialisation: no pretrained download.
+`transformers` is imported by the backbones built on its models only (resnet, vit, transformer
+and the paper-profile ones), so a node running cnn, gru, bow or mlp never loads it.
 """
 
 from __future__ import annotations
@@ -13,10 +15,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel, ViTConfig, ViTModel
 
 from task_models.modality import TEXT_MAX_LENGTH, Modality
 from task_models.tokenizer import PAD_ID
+
+
+def _transformers(*names: str) -> tuple:
+    """Classes of `transformers`, imported here so that only nodes running a backbone built on its
+    models load it (a client-only install may lack it: requirements-client.txt)."""
+    try:
+        import transformers
+    except ModuleNotFoundError as err:
+        if err.name != "transformers":
+            raise
+        raise ModuleNotFoundError(
+            "this task model is built on transformers' models; install them on this node: "
+            "pip install 'transformers>=5.0'",
+            name="transformers",
+        ) from err
+    return tuple(getattr(transformers, name) for name in names)
 
 
 class TaskModel(nn.Module):
@@ -75,6 +92,8 @@ class HFResNet(nn.Module):
 
     def __init__(self, depths: tuple[int, ...] = (2, 2, 2, 2), widths: tuple[int, ...] = (32, 64, 128, 256)):
         super().__init__()
+        ResNetConfig, ResNetModel = _transformers("ResNetConfig", "ResNetModel")
+
         config = ResNetConfig(
             num_channels=3, embedding_size=widths[0], hidden_sizes=list(widths), depths=list(depths), layer_type="basic"
         )
@@ -90,6 +109,8 @@ class HFViT(nn.Module):
 
     def __init__(self, image_size: int = 32, patch_size: int = 4, hidden: int = 96, layers: int = 4):
         super().__init__()
+        ViTConfig, ViTModel = _transformers("ViTConfig", "ViTModel")
+
         config = ViTConfig(
             image_size=image_size,
             patch_size=patch_size,
@@ -159,6 +180,8 @@ class TinyBert(nn.Module):
 
     def __init__(self, vocab_size: int, hidden: int = 64, layers: int = 2):
         super().__init__()
+        BertConfig, BertModel = _transformers("BertConfig", "BertModel")
+
         config = BertConfig(
             vocab_size=vocab_size,
             hidden_size=hidden,
@@ -202,6 +225,8 @@ class ResNet18(nn.Module):
 
     def __init__(self, pretrained: bool = False, scale: float = 1.0):
         super().__init__()
+        ResNetConfig, ResNetModel = _transformers("ResNetConfig", "ResNetModel")
+
         if pretrained:
             self.net = _from_pretrained_or_explain(ResNetModel, self.HUB_ID)
         else:
@@ -227,6 +252,8 @@ class ViTSmall(nn.Module):
 
     def __init__(self, image_size: int, pretrained: bool = False, scale: float = 1.0):
         super().__init__()
+        ViTConfig, ViTModel = _transformers("ViTConfig", "ViTModel")
+
         if pretrained:
             self.net = _from_pretrained_or_explain(ViTModel, self.HUB_ID)
         else:
@@ -258,6 +285,8 @@ class BertBase(nn.Module):
 
     def __init__(self, vocab_size: int, pretrained: bool = False, scale: float = 1.0):
         super().__init__()
+        BertConfig, BertModel = _transformers("BertConfig", "BertModel")
+
         if pretrained:
             self.net = _from_pretrained_or_explain(BertModel, self.HUB_ID)
         else:

@@ -1,4 +1,5 @@
-"""The toy world's data splits, as `datasets.Dataset` objects.
+"""The toy world's data splits, as `datasets.Dataset` objects (`load_split`) or plain columns
+(`split_columns`: numpy arrays and caption lists, what clients read; no `datasets` import).
 
 - ``image_pool`` / ``text_pool``: the clients' private data, one pool per modality (image
   clients and text clients hold different samples), later split by a Dirichlet partitioner.
@@ -19,11 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import Array3D, Dataset, Features, Sequence, Value
 
 from task_models import domain, sensor
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 IMAGE_POOL, TEXT_POOL, PUBLIC, REFERENCE, IMAGE_TEST, TEXT_TEST = (
     "image_pool",
@@ -70,26 +74,6 @@ class DomainSpec:
     sensor_missing_rate: float = 0.15
 
 
-def _to_dataset(samples: domain.FlowerSamples, image_size: int, caption_labels: np.ndarray) -> Dataset:
-    features = Features(
-        {
-            "image": Array3D((image_size, image_size, 3), "uint8"),
-            "label": Value("int64"),
-            "captions": Sequence(Value("string")),
-            "caption_label": Value("int64"),
-        }
-    )
-    return Dataset.from_dict(
-        {
-            "image": samples.images,
-            "label": samples.labels,
-            "captions": samples.captions,
-            "caption_label": caption_labels,
-        },
-        features=features,
-    )
-
-
 def confused_classes(spec: DomainSpec) -> np.ndarray:
     """The seeded set of classes whose public captions are partly wrong."""
     rng = np.random.default_rng(spec.seed + 101)
@@ -130,18 +114,17 @@ def _public_caption_labels(labels: np.ndarray, spec: DomainSpec, rng: np.random.
     return caption_labels
 
 
-@lru_cache(maxsize=8)
-def load_split(split: str, spec: DomainSpec) -> Dataset:
-    """Generate one split deterministically from the spec (cached per process)."""
+def _columns(split: str, spec: DomainSpec) -> dict[str, np.ndarray | list]:
+    """Generate one split deterministically from the spec: ``label`` int64 [n] and either ``sensor``
+    float32 [n, D] or ``image`` uint8 [n, S, S, 3], ``captions`` (n lists of strings) and
+    ``caption_label`` int64 [n]."""
     if split not in _SEED_OFFSETS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SEED_OFFSETS)}")
     seed = spec.seed * 1000 + _SEED_OFFSETS[split]
     rng = np.random.default_rng(seed)
     labels = _labels_for(split, spec, rng)
     if split in (SENSOR_POOL, SENSOR_TEST):
-        readings = sensor.readings(labels, seed + 1, spec.sensor_missing_rate)
-        features = Features({"sensor": Sequence(Value("float32")), "label": Value("int64")})
-        return Dataset.from_dict({"sensor": readings, "label": labels}, features=features)
+        return {"sensor": sensor.readings(labels, seed + 1, spec.sensor_missing_rate), "label": labels}
     caption_labels = _public_caption_labels(labels, spec, rng) if split == PUBLIC else labels
     samples = domain.generate(
         labels,
@@ -151,7 +134,39 @@ def load_split(split: str, spec: DomainSpec) -> Dataset:
         partial_rate=spec.caption_partial_rate,
         caption_labels=caption_labels,
     )
-    return _to_dataset(samples, spec.image_size, caption_labels)
+    return {
+        "image": samples.images,
+        "label": samples.labels,
+        "captions": samples.captions,
+        "caption_label": caption_labels,
+    }
+
+
+@lru_cache(maxsize=8)
+def split_columns(split: str, spec: DomainSpec) -> dict[str, np.ndarray | list]:
+    """One split as plain columns (cached per process; do not modify them): the rows `load_split`
+    holds, without `datasets`."""
+    return _columns(split, spec)
+
+
+@lru_cache(maxsize=8)
+def load_split(split: str, spec: DomainSpec) -> Dataset:
+    """One split as a `datasets.Dataset` (cached per process): the server's view."""
+    from datasets import Array3D, Dataset, Features, Sequence, Value  # server side; clients use split_columns
+
+    columns = _columns(split, spec)
+    if "sensor" in columns:
+        features = Features({"sensor": Sequence(Value("float32")), "label": Value("int64")})
+    else:
+        features = Features(
+            {
+                "image": Array3D((spec.image_size, spec.image_size, 3), "uint8"),
+                "label": Value("int64"),
+                "captions": Sequence(Value("string")),
+                "caption_label": Value("int64"),
+            }
+        )
+    return Dataset.from_dict(columns, features=features)
 
 
 def pool_split(modality: str) -> str:

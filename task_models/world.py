@@ -3,20 +3,30 @@
 Clients and server ask the world for its splits, its class count and names, its class prompts
 and the tokenizer text clients read with, and never branch on which world it is. The toy world
 is described by a `DomainSpec`; the paper world by a `PaperDataSpec` (ALGORITHM.md, "Two worlds").
+
+A toy-world client reads its data as plain columns (`split_labels`, `split_rows`) and its texts
+through `hub_tokenizer() is None` (the toy tokenizer, `tokenizers` alone), so it imports neither
+`datasets` nor `transformers`; those load only where a paper dataset or a hub tokenizer is used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from datasets import Dataset
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+import numpy as np
 
 from task_models import domain, splits
+from task_models import tokenizer as toy_tokenizer
 from task_models.hf_datasets import PaperDataSpec, load_paper_split, load_paper_world
 from task_models.modality import TEXT_MAX_LENGTH
 from task_models.tokenizer import PAD_ID, build_tokenizer
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
 
 WorldSpec = splits.DomainSpec | PaperDataSpec
 
@@ -63,11 +73,42 @@ class World:
             return splits.load_split(split, self.spec)
         return load_paper_split(split, self.spec)
 
+    def split_labels(self, split: str) -> np.ndarray:
+        """The labels int64 [n] of one split (a toy split without `datasets`)."""
+        if self.is_toy:
+            return np.asarray(splits.split_columns(split, self.spec)["label"], dtype=np.int64)
+        return np.asarray(load_paper_split(split, self.spec).with_format("numpy")["label"], dtype=np.int64)
+
+    def split_rows(self, split: str, rows: Sequence[int] | np.ndarray | None = None) -> dict[str, np.ndarray | list]:
+        """The columns of one split (every row, or `rows` in that order) as numpy arrays and, for
+        captions, lists of strings: what ``load_split(split).select(rows).with_format("numpy")[:]``
+        holds (a toy split without `datasets`)."""
+        if not self.is_toy:
+            data = load_paper_split(split, self.spec)
+            return (data if rows is None else data.select(rows)).with_format("numpy")[:]
+        columns = splits.split_columns(split, self.spec)
+        if rows is None:
+            return dict(columns)
+        index = np.asarray(rows, dtype=np.int64)
+        return {k: [v[i] for i in index] if isinstance(v, list) else v[index] for k, v in columns.items()}
+
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        """The text clients' tokenizer (closed-vocabulary WordLevel in the toy world)."""
+        """The text clients' tokenizer as a `transformers` tokenizer (closed-vocabulary WordLevel in the
+        toy world). Clients encode through `hub_tokenizer` instead (no `transformers` for the toy one)."""
+        hub = self.hub_tokenizer()
+        return hub if hub is not None else build_tokenizer(TEXT_MAX_LENGTH)
+
+    def hub_tokenizer(self) -> PreTrainedTokenizerBase | None:
+        """The ``text-tokenizer`` folder or hub id's tokenizer, or None where text clients use the toy
+        tokenizer (which `modality.to_model_input` encodes with `tokenizers` alone, same ids)."""
         if self.is_toy or not self.tokenizer_id:
-            return build_tokenizer(TEXT_MAX_LENGTH)
+            return None
         return load_text_tokenizer(self.tokenizer_id)
+
+    def vocab_size(self) -> int:
+        """Size of the text clients' vocabulary (their embedding tables): ``len(self.tokenizer())``."""
+        hub = self.hub_tokenizer()
+        return len(hub) if hub is not None else toy_tokenizer.vocab_size()
 
 
 @lru_cache(maxsize=4)
@@ -79,6 +120,8 @@ def load_text_tokenizer(path_or_id: str) -> PreTrainedTokenizerBase:
     OSError
         Naming the ``text-tokenizer`` key when it is neither a folder nor reachable on the hub.
     """
+    from transformers import AutoTokenizer  # only nodes configured with a text-tokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(path_or_id)
     except (OSError, ValueError) as err:

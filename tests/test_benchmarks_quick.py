@@ -75,3 +75,13 @@ def test_e2e_script_parses_its_arguments(bench):
     with pytest.raises(SystemExit) as exit_info:
         bench("e2e").main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_client_footprint_quick(bench, tmp_path: Path):
+    result = bench("client_footprint").main(["--quick", "--repeats", "1"])
+    [row] = result["rows"]
+    assert row["modules_import"] == [] and row["round"]["modules"] == []  # the edge client loads no heavy library
+    phases = {"import", "data + model + warm-up", "query.infer", "train.distill", "evaluate"}
+    assert set(row["round"]["phases"]) == phases
+    assert row["round"]["params"] > 0 and row["round"]["state_dict_bytes"] > 4 * row["round"]["params"]
+    assert (tmp_path / "client_footprint-quick.json").exists()
