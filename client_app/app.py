@@ -1,26 +1,36 @@
 """The ClientApp: wires Flower messages to the task-model code. No algorithm lives here.
 
-Handlers: ``query.infer`` (outputs on the server's synthetic inputs), ``train.distill``
+Handlers: ``query.infer`` (outputs on the server's synthetic inputs), ``query.secagg`` (one stage
+of secure aggregation, in place of ``query.infer`` with ``secure-aggregation = true``), ``train.distill``
 (private training plus optional distillation targets), ``evaluate`` (local and global test).
 Record keys are documented in docs/protocol.md and defined in `fedmmkt_strategy.protocol`.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.node import ClientNode
+from client_app.secagg_client import STATE as SECAGG_STATE
+from client_app.secagg_client import SecAggAbort
+from client_app.secagg_client import step as secure_step
 from client_app.synthetic_cache import cached_synthetic, update_synthetic_cache
 from fedmmkt_strategy import protocol as P
+from fedmmkt_strategy.fusion import contrastive_terms
+from fedmmkt_strategy.labvote import own_class_weights, vote_terms
 from fedmmkt_strategy.privacy import privatize
 from task_models.training import DistillTargets, evaluate_model, infer, train_model
 
 torch.set_num_threads(1)  # simulated nodes share the machine's cores; one thread each avoids thrashing
 
 app = ClientApp()
+#: context.state record of this node's embeddings on the pool, between a secure vote and fusion
+SECURE_EMBEDDING = "secagg-embedding"
 
 
 def _node(msg: Message, context: Context) -> ClientNode:
@@ -47,18 +57,23 @@ def _synthetic_inputs(node: ClientNode, msg: Message, context: Context) -> torch
     return node.model_input(cached_synthetic(context.state, node.role.modality))
 
 
+def _inference(node: ClientNode, msg: Message, context: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Probabilities, entropies and embeddings on the synthetic inputs (float32), noised when
+    the uploads are differentially private."""
+    inputs = _synthetic_inputs(node, msg, context)
+    out = infer(node.model, inputs, amp=node.config.client_amp, temperature=node.vote_temperature())
+    cfg = node.config
+    if cfg.dp_noise_multiplier > 0:  # noise from OS entropy: the server knows the run seed
+        return privatize(out.probs, out.embedding, cfg.dp_clip, cfg.dp_noise_multiplier, np.random.default_rng())
+    return out.probs, out.entropy, out.embedding
+
+
 @app.query("infer")
 def query_infer(msg: Message, context: Context) -> Message:
     """Probabilities, entropies and projected embeddings on the synthetic inputs, in `uplink-dtype`."""
     node = _node(msg, context)
-    inputs = _synthetic_inputs(node, msg, context)
-    out = infer(node.model, inputs, amp=node.config.client_amp, temperature=node.vote_temperature())
-    probs, entropy, embedding = out.probs, out.entropy, out.embedding
+    probs, entropy, embedding = _inference(node, msg, context)
     cfg = node.config
-    if cfg.dp_noise_multiplier > 0:  # noise from OS entropy: the server knows the run seed
-        probs, entropy, embedding = privatize(
-            probs, embedding, cfg.dp_clip, cfg.dp_noise_multiplier, np.random.default_rng()
-        )
     # privatize() and the model work in float32; only the upload is cast (float16 halves it)
     dtype = np.dtype(cfg.uplink_dtype)
     content = RecordDict(
@@ -73,6 +88,58 @@ def query_infer(msg: Message, context: Context) -> Message:
             P.CLIENT: node.describe(with_label_counts=bool(msg.content[P.CONFIG].get(P.SEND_LABEL_COUNTS, False))),
         }
     )
+    return Message(content, reply_to=msg)
+
+
+def _secure_contribution(node: ClientNode, msg: Message, context: Context) -> np.ndarray:
+    """This node's float vector in a secure-aggregation session (`secagg_client.step` masks it):
+    its label counts, its share of the vote's sums, or its share of its modality's aggregate."""
+    config = msg.content[P.SECAGG]
+    purpose = config[P.SECAGG_PURPOSE]
+    inputs = msg.content[P.SECAGG_INPUTS] if P.SECAGG_INPUTS in msg.content.array_records else {}
+    counts = np.bincount(node.data.train.labels, minlength=node.world.num_classes).astype(np.float64)
+    cfg = node.config
+    if purpose == "label-counts":
+        return counts
+    if purpose == "vote":
+        probs, entropy, embedding = _inference(node, msg, context)
+        context.state[SECURE_EMBEDDING] = ArrayRecord({P.EMBEDDING: Array(np.ascontiguousarray(embedding, np.float32))})
+        rule, class_weights = str(config[P.SECAGG_VOTE_RULE]), str(config[P.SECAGG_CLASS_WEIGHTS])
+        weight = None
+        if class_weights != "none":
+            classes = inputs[P.PROMPT_CLASSES].numpy()
+            totals = inputs[P.CLASS_TOTALS].numpy() if class_weights == "totals" else None
+            weight = (
+                np.zeros(len(classes)) if class_weights == "abstain" else own_class_weights(counts, classes, totals)
+            )
+        return vote_terms(probs, entropy, cfg.labvote_beta, rule, weight)
+    if purpose == "fusion":
+        rows = inputs[P.INDICES].numpy()
+        embedding = context.state[SECURE_EMBEDDING][P.EMBEDDING].numpy()[rows]
+        anchors = torch.as_tensor(inputs[P.ANCHORS].numpy())
+        rule = str(config[P.SECAGG_FUSION_RULE])
+        return contrastive_terms(torch.as_tensor(embedding), anchors, cfg.contrastive_tau, cfg.contrastive_batch, rule)
+    raise SecAggAbort(f"unknown purpose {purpose!r}")
+
+
+@app.query("secagg")
+def query_secagg(msg: Message, context: Context) -> Message:
+    """One stage of secure aggregation (``secure-aggregation = true``, docs/protocol.md): the node
+    masks its contribution so that the server learns only sums over clients."""
+    config = msg.content[P.SECAGG]
+    stage = str(config[P.SECAGG_STAGE])
+    node = _node(msg, context) if stage in ("setup", "collect") else None  # the others need no model
+    if SECAGG_STATE not in context.state.config_records:
+        context.state[SECAGG_STATE] = ConfigRecord()
+    state = context.state.config_records[SECAGG_STATE]
+    contribution = partial(_secure_contribution, node, msg, context) if stage == "collect" else None
+    values, vector = secure_step(state, config, msg.metadata.dst_node_id, contribution)
+    context.state[SECAGG_STATE] = state
+    content = RecordDict({P.SECAGG: ConfigRecord(values)})
+    if node is not None:
+        content[P.CLIENT] = node.describe()
+    if vector is not None:
+        content[P.SECAGG_MASKED] = ArrayRecord({P.VECTOR: Array(vector)})
     return Message(content, reply_to=msg)
 
 

@@ -23,6 +23,8 @@ StrategyName = Literal["local", "fedavg", "fedmd", "creamfl", "self-ft", "fedmmk
 #: Seeds are combined into others (`seed * 1000 + round`, numpy's and torch's generators): keep
 #: them far from 2^63.
 MAX_SEED = 2**31 - 1
+#: Strategies whose client uploads are sums secure aggregation can hide (secure_round.py).
+SECURE_STRATEGIES = ("fedmmkt", "fedmd", "creamfl")
 #: The cross-attention heads of the fusion (`fusion.CrossModalFusion`): `fusion-dim` must split into them.
 FUSION_HEADS = 4
 #: The toy world's server models, built by pre-training into the cache (see `fedmmkt pretrain`).
@@ -160,6 +162,9 @@ class RunConfig(BaseModel):
     dp_noise_multiplier: float = Field(0.0, ge=0)
     dp_clip: float = Field(1.0, gt=0)
     dp_delta: float = Field(1e-5, gt=0, lt=1)
+    # -- secure aggregation of the vote and fusion sums (secure_round.py; what is lost: docs/robustness.md)
+    secure_aggregation: bool = False
+    secagg_threshold: float = Field(0.5, gt=0, le=1)
     # -- communication: dtype of the query.infer arrays (float16 halves the uplink; validation.py)
     uplink_dtype: Literal["float32", "float16"] = "float32"
 
@@ -199,6 +204,17 @@ class RunConfig(BaseModel):
                 f"local-test-fraction + local-val-fraction = {self.local_test_fraction + self.local_val_fraction:g}:"
                 " must stay below 1, or a client keeps no training data"
             )
+        if self.secure_aggregation:
+            if self.strategy not in SECURE_STRATEGIES:
+                raise ValueError(
+                    f"secure-aggregation = true applies to the knowledge-transfer uploads of "
+                    f"{', '.join(SECURE_STRATEGIES)}; strategy = {self.strategy!r} sends none"
+                )
+            if self.labvote_robust != "none":
+                raise ValueError(
+                    "secure-aggregation = true hides every client's votes, so labvote-robust = "
+                    f"{self.labvote_robust!r} cannot score them: set labvote-robust = 'none'"
+                )
         if self.dataset == "toy" and self.image_size not in (32, 64):
             raise ValueError(f"image-size = {self.image_size}: the toy world renders 32 or 64 pixels only")
         if self.dataset == "hf":

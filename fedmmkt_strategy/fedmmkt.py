@@ -67,6 +67,7 @@ from fedmmkt_strategy.privacy import PrivacyLedger
 from fedmmkt_strategy.replies import PhaseOutcome
 from fedmmkt_strategy.results import RunRecorder
 from fedmmkt_strategy.robust import ReliabilityTracker
+from fedmmkt_strategy.secure_round import secure_fuse, secure_vote
 from fedmmkt_strategy.server_models import (
     ServerModels,
     caption_anchors,
@@ -119,6 +120,10 @@ class FedMMKT(FederatedStrategy):
         self.targets: dict[int, ArrayRecord] = {}
         self.tuner: DenoiserFineTuner | None = None
         self.label_counts: dict[int, np.ndarray] = {}  # node -> private examples per class (class-aware vote)
+        # under secure aggregation the counts arrive only as sums per modality (secure_round.py)
+        self.class_totals: dict[str, np.ndarray] = {}  # modality -> its examples per class
+        self.modality_sizes: dict[str, int] = {}  # modality -> nodes inside that sum's session
+        self.secure_counted: set[int] = set()  # the nodes whose counts the totals hold
         self.misdrawn = misdrawn_prompt_classes(config)
         self.node_pool_round: dict[int, int] = {}  # node -> round whose pool it holds
         self._timings: dict[str, float] = {}
@@ -140,15 +145,22 @@ class FedMMKT(FederatedStrategy):
         self._timings = {}
         with self._timed("synthesis"):
             self.pool = self.synthesize(server_round)
-        with self._timed("query"):
-            outcome = self.query(server_round, grid)
-        with self._timed("labvote"):
-            vote = self.vote(server_round, outcome)
-        with self._timed("fusion"):
-            fused = self.fuse(server_round, outcome, vote)
+        if self.config.secure_aggregation:  # the same steps 2-4 on masked sums (secure_round.py)
+            with self._timed("labvote"):
+                vote, members = secure_vote(self, grid, server_round)
+            with self._timed("fusion"):
+                fused = secure_fuse(self, grid, server_round, vote, members)
+        else:
+            with self._timed("query"):
+                outcome = self.query(server_round, grid)
+            members = sorted(outcome.ok)
+            with self._timed("labvote"):
+                vote = self.vote(server_round, outcome)
+            with self._timed("fusion"):
+                fused = self.fuse(server_round, outcome, vote)
         with self._timed("t2i_update"):
             self.update_t2i(server_round, vote)
-        self.targets = self.distill_targets(outcome, vote, fused)
+        self.targets = self.distill_targets(members, vote, fused)
         self.recorder.server(server_round, **self._timings)
 
     def synthesize(self, server_round: int) -> SyntheticPool:
@@ -239,15 +251,15 @@ class FedMMKT(FederatedStrategy):
                 self.node_pool_round[node] = server_round
             else:  # it may have lost or never applied the update: send everything next time
                 self.node_pool_round.pop(node, None)
-        self.account_privacy(server_round, outcome)
+        self.account_privacy(server_round, sorted(outcome.ok))
         return outcome
 
-    def account_privacy(self, server_round: int, outcome: PhaseOutcome) -> None:
+    def account_privacy(self, server_round: int, nodes: list[int]) -> None:
         """With differentially private uploads: each accepted upload's epsilon so far (privacy.py)."""
         if self.privacy is None:
             return
-        spent = [self.privacy.record(node, len(self.pool)) for node in sorted(outcome.ok)]
-        for node, eps in zip(sorted(outcome.ok), spent):
+        spent = [self.privacy.record(node, len(self.pool)) for node in nodes]
+        for node, eps in zip(nodes, spent):
             self.recorder.client(server_round, node, dp_epsilon=eps)
         self.recorder.server(server_round, dp_epsilon_max=max(spent, default=0.0), dp_delta=self.config.dp_delta)
 
@@ -282,11 +294,18 @@ class FedMMKT(FederatedStrategy):
             )
         else:
             result = plain_average(probs)
+        return self.settle_vote(server_round, result, nodes)
+
+    def settle_vote(self, server_round: int, result: VoteResult, nodes: list[int]) -> VoteResult:
+        """The server's own part of the vote (the prompt mix) and its diagnostics; per-client
+        shares of counted votes where the vote knows them (not under secure aggregation)."""
         result = mix_prompt(result, self.pool.classes, self.prompt_mix)
         depicted = None if self.models.judge is None else judge_predict(self.models.judge, self.pool.images)
         diag = vote_diagnostics(result, self.pool.classes, depicted, self.class_groups(self.pool.classes))
-        for node, share in zip(nodes, diag.pop("counted_vote_share")):
-            self.recorder.client(server_round, node, counted_vote_share=share)
+        shares = diag.pop("counted_vote_share")
+        if len(shares) == len(nodes):
+            for node, share in zip(nodes, shares):
+                self.recorder.client(server_round, node, counted_vote_share=share)
         self.recorder.server(server_round, **diag)
         log(
             INFO,
@@ -364,9 +383,7 @@ class FedMMKT(FederatedStrategy):
         if len(kept) == 0:
             return {}
         text_anchor = caption_anchors(self.models, [self.pool.captions[i] for i in kept])
-        regenerated = self.pool.generation_round == server_round
-        for m in list(self.prev_fused):
-            self.prev_fused[m][regenerated] = np.nan
+        self.forget_regenerated(server_round)
         tokens: dict[str, torch.Tensor] = {}
         for m, nodes in by_modality.items():
             reps = torch.as_tensor(self._stack(outcome, P.EMBEDDING, nodes)[:, kept])
@@ -385,6 +402,20 @@ class FedMMKT(FederatedStrategy):
                 self.recorder.client(server_round, node, alpha_mean=w)
             self.recorder.server(server_round, **{f"{m}_{k}": v for k, v in diag.items()})
             tokens[m] = F.normalize(aggregate(reps, alpha), dim=-1)
+        return self.cross_modal(server_round, tokens, vote)
+
+    def forget_regenerated(self, server_round: int) -> None:
+        """Previous fused vectors of rows regenerated this round describe images that are gone."""
+        regenerated = self.pool.generation_round == server_round
+        for m in list(self.prev_fused):
+            self.prev_fused[m][regenerated] = np.nan
+
+    def cross_modal(
+        self, server_round: int, tokens: dict[str, torch.Tensor], vote: VoteResult
+    ) -> dict[str, np.ndarray]:
+        """Step 4b on each modality's aggregate [M, d] of the kept rows: cross-attention (trained
+        here on the voted labels), and the fused vectors remembered as next round's anchors."""
+        kept = vote.kept_indices
         fused = {m: t.numpy() for m, t in tokens.items()}
         if self.use_cross_attention and len(tokens) > 1:
             if self.fusion is None:
@@ -454,7 +485,7 @@ class FedMMKT(FederatedStrategy):
         return self.tuner
 
     def distill_targets(
-        self, outcome: PhaseOutcome, vote: VoteResult, fused: dict[str, np.ndarray]
+        self, nodes: list[int], vote: VoteResult, fused: dict[str, np.ndarray]
     ) -> dict[int, ArrayRecord]:
         """Step 6 payloads: per node, the kept rows' soft labels and its modality's fused vectors."""
         kept = vote.kept_indices
@@ -467,7 +498,7 @@ class FedMMKT(FederatedStrategy):
         )
         fused = {m: f for m, f in fused.items() if sendable(f"{m} fused targets", f)}
         targets = {}
-        for node in outcome.ok:
+        for node in nodes:
             record = ArrayRecord({P.INDICES: Array(kept.astype(np.int64))})
             if send_labels:
                 record[P.SOFT_LABELS] = Array(vote.soft_labels[kept])
@@ -506,6 +537,9 @@ class FedMMKT(FederatedStrategy):
             "pool": pool,
             "prev_fused": dict(self.prev_fused),
             "label_counts": dict(self.label_counts),
+            "class_totals": dict(self.class_totals),
+            "modality_sizes": dict(self.modality_sizes),
+            "secure_counted": sorted(self.secure_counted),
             "reliability": self.reliability.state_dict() if self.reliability else None,
             "privacy": self.privacy.state_dict() if self.privacy else None,
         }
@@ -529,6 +563,9 @@ class FedMMKT(FederatedStrategy):
             self.pool = SyntheticPool(captions=list(p["captions"]), prompts=list(p["prompts"]), **arrays)
         self.prev_fused = {m: v.numpy() for m, v in state["prev_fused"].items()}
         self.label_counts = {int(n): np.asarray(v) for n, v in state.get("label_counts", {}).items()}
+        self.class_totals = {str(m): np.asarray(v, np.float64) for m, v in state.get("class_totals", {}).items()}
+        self.modality_sizes = {str(m): int(v) for m, v in state.get("modality_sizes", {}).items()}
+        self.secure_counted = {int(n) for n in state.get("secure_counted", [])}
         if self.reliability is not None and state["reliability"] is not None:
             self.reliability.load_state_dict(state["reliability"])
         if self.privacy is not None and state["privacy"] is not None:

@@ -200,3 +200,29 @@ def fuse(module: CrossModalFusion, tokens: dict[str, torch.Tensor], batch_size: 
         for m, f in fused.items():
             out[m].append(F.normalize(f, dim=-1))
     return {m: torch.cat(parts).numpy().astype(np.float32) for m, parts in out.items()}
+
+
+# ---------------------------------------------------------------- aggregation as a sum (secure aggregation)
+def contrastive_terms(
+    reps: torch.Tensor, anchors: torch.Tensor, tau: float, batch_size: int | None = None, rule: str = "contrastive"
+) -> np.ndarray:
+    """One client's share of its modality's aggregate, flattened [M x d]: ``e_i * r_i`` with
+    ``e_i = B_i * exp(s_i)`` (B_i: the size of row i's block, a factor every client shares).
+
+    The aggregate ``R_i = sum_k alpha_{k,i} r_{k,i}`` with ``alpha = softmax_k(s)`` is only used
+    normalised, and ``normalize(sum_k alpha_k r_k) = normalize(sum_k exp(s_k) r_k)``: the
+    softmax's denominator, like B_i, cancels. So the server needs one sum over clients, which
+    a client can mask (``secure-aggregation``); B_i keeps typical entries near 1, far above the
+    sum's 2^-32 resolution. ``rule = "mean"`` is the plain mean (contrastive aggregation off).
+    """
+    reps = torch.as_tensor(reps, dtype=torch.float32)
+    m = reps.shape[0]
+    if rule == "mean":
+        scale = torch.ones(m)
+    elif rule == "contrastive":
+        block = m if batch_size is None else batch_size
+        sizes = torch.tensor([min(block, m - (i // block) * block) for i in range(m)], dtype=torch.float32)
+        scale = torch.exp(contrastive_scores(reps[None], torch.as_tensor(anchors), tau, batch_size)[0]) * sizes
+    else:
+        raise ValueError(f"rule must be 'contrastive' or 'mean', got {rule!r}")
+    return (scale[:, None] * reps).double().numpy().ravel()

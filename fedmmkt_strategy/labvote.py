@@ -198,3 +198,65 @@ def vote_diagnostics(
         "mean_confidence": float(result.confidence[kept].mean()) if kept.any() else float("nan"),
         "counted_vote_share": result.counted.mean(1).astype(float).tolist(),
     }
+
+
+# ---------------------------------------------------------------- the vote as a sum (secure aggregation)
+def vote_terms(
+    probs: np.ndarray,
+    entropy: np.ndarray,
+    beta: float = 0.5,
+    rule: str = "labvote",
+    class_weight: np.ndarray | None = None,
+) -> np.ndarray:
+    """One client's share of the vote, flattened: ``[w * p (N x C), w (N), counted (N)]``.
+
+    LabVote's soft label is ``sum_k w_k p_k / sum_k w_k`` and a sample is kept when any vote
+    counted, so the server needs only these three sums over clients (`vote_from_terms`), never
+    one client's probabilities: this is what a client masks under ``secure-aggregation``. Same
+    weights as `labvote` (``w = 1 - h`` for ``h <= beta``, times the optional `class_weight`
+    [N], the client's `prompt_class_weights` row); ``rule = "average"`` is FedMD's plain mean
+    (w = 1, every vote counts).
+    """
+    n, c = probs.shape
+    if rule == "average":
+        weights, counted = np.ones(n), np.ones(n, bool)
+    elif rule == "labvote":
+        h = normalised_entropy(np.asarray(entropy, np.float64), c)
+        counted = h <= beta
+        weights = np.where(counted, 1.0 - h, 0.0)
+        if class_weight is not None:
+            weights = weights * np.asarray(class_weight, np.float64)
+            counted = counted & (weights > 0)
+    else:
+        raise ValueError(f"rule must be 'labvote' or 'average', got {rule!r}")
+    weighted = weights[:, None] * np.asarray(probs, np.float64)
+    return np.concatenate([weighted.ravel(), weights, counted.astype(np.float64)])
+
+
+def vote_from_terms(sums: np.ndarray, num_samples: int, num_classes: int) -> VoteResult:
+    """The vote from the sum of every client's `vote_terms` (exact up to the sum's quantisation).
+
+    Without per-client terms the result cannot say which votes counted: `counted` is one row,
+    "at least one vote counted". Rounding can leave a soft label a few 2^-32 below zero or off
+    a unit sum, so rows are clipped and renormalised."""
+    n, c = num_samples, num_classes
+    sums = np.asarray(sums, np.float64)
+    if sums.shape != (n * c + 2 * n,):
+        raise ValueError(f"vote sums have shape {sums.shape}, expected {(n * c + 2 * n,)}")
+    weighted, total, counts = sums[: n * c].reshape(n, c), sums[n * c : n * c + n], sums[n * c + n :]
+    kept = (counts > 0.5) & (total > 0)
+    soft = np.zeros((n, c), dtype=np.float32)
+    rows = np.clip(weighted[kept], 0.0, None)
+    soft[kept] = rows / np.maximum(rows.sum(1, keepdims=True), np.finfo(np.float64).tiny)
+    labels = np.where(kept, soft.argmax(1), -1).astype(np.int64)
+    return VoteResult(soft, labels, kept, np.where(kept, soft.max(1), 0.0).astype(np.float32), kept[None, :])
+
+
+def own_class_weights(
+    label_counts: np.ndarray, prompt_classes: np.ndarray, class_totals: np.ndarray | None
+) -> np.ndarray:
+    """A client's own row of `prompt_class_weights`: ``n_{c_i} / T_{c_i}`` with the modality's
+    totals T (a secure sum of every member's counts); alone in its modality, T is its own counts."""
+    counts = np.asarray(label_counts, np.float64)[np.asarray(prompt_classes)]
+    totals = counts if class_totals is None else np.asarray(class_totals, np.float64)[np.asarray(prompt_classes)]
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0).clip(0.0, 1.0)

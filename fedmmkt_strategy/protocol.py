@@ -10,6 +10,7 @@ from __future__ import annotations
 QUERY_INFER = "query.infer"
 TRAIN_DISTILL = "train.distill"
 EVALUATE = "evaluate"
+QUERY_SECAGG = "query.secagg"  # one stage of secure aggregation (secure-aggregation = true)
 
 # -- server -> client records
 CONFIG = "config"  # ConfigRecord: per-message settings below
@@ -38,6 +39,36 @@ FUSED = "fused"  # float32 [M, d], L2-normalised (optional)
 INDICES = "indices"  # int64 [M], rows of SYNTHETIC the targets refer to
 WEIGHTS = "weights"  # float32 [M] in [0, 1]: each row's distillation weight (its vote confidence; optional)
 
+# -- secure aggregation (both directions; docs/protocol.md "Secure aggregation")
+SECAGG = "secagg"  # ConfigRecord: the stage and its values (keys below)
+SECAGG_INPUTS = "secagg-inputs"  # ArrayRecord, server -> client (collect): what the contribution needs
+SECAGG_MASKED = "secagg-masked"  # ArrayRecord, client -> server (collect): key VECTOR
+
+# keys inside SECAGG
+SECAGG_STAGE = "stage"  # "setup" | "share-keys" | "collect" | "unmask"
+SECAGG_SESSION = "session"  # str: one sum's name, e.g. "r3-vote"; fresh keys for every session
+SECAGG_PURPOSE = "purpose"  # "label-counts" | "vote" | "fusion": which vector the client contributes
+SECAGG_THRESHOLD = "threshold"  # int (setup): Shamir shares needed to rebuild a secret
+SECAGG_PK1 = "pk1"  # bytes (setup reply) / list[bytes] (share-keys): keys of the pairwise masks
+SECAGG_PK2 = "pk2"  # bytes (setup reply) / list[bytes] (share-keys): keys encrypting the shares
+SECAGG_NODES = "nodes"  # list[int]: the session's nodes (share-keys); whose shares follow (unmask reply)
+SECAGG_GROUPS = "groups"  # list[int] (share-keys): group of each node; sums are per group
+SECAGG_DESTINATIONS = "destinations"  # list[int] (share-keys reply): recipient of each ciphertext
+SECAGG_CIPHERTEXTS = "ciphertexts"  # list[bytes]: encrypted shares (share-keys reply; collect)
+SECAGG_SOURCES = "sources"  # list[int] (collect): sender of each ciphertext
+SECAGG_ACTIVE = "active"  # list[int] (unmask): nodes whose vectors arrived
+SECAGG_DEAD = "dead"  # list[int] (unmask): nodes that exchanged keys but sent no vector
+SECAGG_SHARES = "shares"  # list[bytes] (unmask reply): seed shares of active, key shares of dead nodes
+SECAGG_VOTE_RULE = "vote-rule"  # "labvote" | "average" (collect, purpose vote)
+SECAGG_CLASS_WEIGHTS = "class-weights"  # "none" | "totals" | "alone" | "abstain" (collect, purpose vote)
+SECAGG_FUSION_RULE = "fusion-rule"  # "contrastive" | "mean" (collect, purpose fusion)
+
+# keys inside SECAGG_INPUTS / SECAGG_MASKED
+PROMPT_CLASSES = "prompt-classes"  # int64 [N]: each pool row's prompted class (class-aware vote)
+CLASS_TOTALS = "class-totals"  # float64 [C]: the modality's private examples per class, a secure sum
+ANCHORS = "anchors"  # float32 [M, d]: contrastive anchors of the kept rows INDICES
+VECTOR = "vector"  # uint64 [L]: the masked contribution
+
 # -- client -> server records
 CLIENT = "client"  # ConfigRecord describing the node (keys below)
 METRICS = "metrics"  # MetricRecord: losses, accuracies, "num-examples"
@@ -58,6 +89,7 @@ UPLINK_RECORDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     QUERY_INFER: (frozenset({INFERENCE, CLIENT}), frozenset()),
     TRAIN_DISTILL: (frozenset({METRICS, CLIENT}), frozenset({ARRAYS})),
     EVALUATE: (frozenset({METRICS, CLIENT}), frozenset()),
+    QUERY_SECAGG: (frozenset({SECAGG}), frozenset({CLIENT, SECAGG_MASKED})),
 }
 
 # keys inside INFERENCE

@@ -24,6 +24,7 @@ def phase_timeouts(config: RunConfig) -> dict[str, float]:
     """Seconds each phase waits for replies: its own key, or `round-timeout` when that key is 0."""
     return {
         P.QUERY_INFER: config.query_timeout or config.round_timeout,
+        P.QUERY_SECAGG: config.query_timeout or config.round_timeout,  # each stage is a short exchange
         P.TRAIN_DISTILL: config.train_timeout or config.round_timeout,
         P.EVALUATE: config.evaluate_timeout or config.round_timeout,
     }
