@@ -21,14 +21,32 @@ from client_app.secagg_client import SecAggAbort
 from client_app.secagg_client import step as secure_step
 from client_app.synthetic_cache import cached_synthetic, update_synthetic_cache
 from fedmmkt_strategy import protocol as P
+from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.fusion import contrastive_terms
 from fedmmkt_strategy.labvote import own_class_weights, vote_terms
 from fedmmkt_strategy.privacy import privatize
 from task_models.training import DistillTargets, evaluate_model, infer, train_model
 
-torch.set_num_threads(1)  # simulated nodes share the machine's cores; one thread each avoids thrashing
 
-app = ClientApp()
+def pin_threads(msg: Message, context: Context, call_next) -> Message:
+    """Flower mod: run the handler on ``client-threads`` torch threads (0: as the process has).
+
+    Pinned per message and restored after it, never at import: the simulation engine imports this
+    module inside the process that also runs the ServerApp, which must keep every core. Simulated
+    nodes need no pin (Ray starts each with OMP_NUM_THREADS = its `client-resources-num-cpus`); a
+    deployed SuperNode runs a fresh process per message that uses the device's cores unless told."""
+    threads = RunConfig.from_run_config(context.run_config).client_threads
+    if threads == 0:
+        return call_next(msg, context)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return call_next(msg, context)
+    finally:
+        torch.set_num_threads(previous)
+
+
+app = ClientApp(mods=[pin_threads])
 #: context.state record of this node's embeddings on the pool, between a secure vote and fusion
 SECURE_EMBEDDING = "secagg-embedding"
 

@@ -44,6 +44,8 @@ RESUMABLE_KEYS = frozenset(
         "trackers",
         "cache-dir",
         "checkpoint",
+        "client-threads",  # how fast, not what: torch threads of clients and server
+        "server-threads",
     }
 )
 

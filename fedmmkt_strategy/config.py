@@ -127,6 +127,8 @@ class RunConfig(BaseModel):
     client_device: Literal["auto", "cpu", "cuda"] = "auto"
     client_amp: bool = True
     client_calibration: Literal["none", "temperature"] = "none"
+    client_threads: int = Field(0, ge=0, le=1024)  # 0: the process's own count (client_app.pin_threads)
+    server_threads: int = Field(0, ge=0, le=1024)  # 0: the process's own count (runner.use_server_threads)
     client_state_dir: str = Field("auto", min_length=1, max_length=4096)
     t2i_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     use_labvote: bool = True

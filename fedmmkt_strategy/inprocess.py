@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from uuid import uuid4
 
-import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
@@ -127,15 +126,10 @@ class InProcessGrid(Grid):
 def load_client_app(reference: str = "client_app.app:app") -> Callable[[Message, Context], Message]:
     """Import a ClientApp from a ``module:attribute`` reference, as Flower does from pyproject.toml.
 
-    Loaded by reference so this package never imports an app module statically. Importing the
-    ClientApp pins torch to one thread (right for simulated nodes sharing cores); in-process,
-    clients run one after another, so the thread count is restored.
-    """
-    threads = torch.get_num_threads()
+    Loaded by reference so this package never imports an app module statically. In-process,
+    clients run one after another on the process's threads (``client-threads`` pins them)."""
     module, _, attribute = reference.partition(":")
-    app = getattr(importlib.import_module(module), attribute)
-    torch.set_num_threads(threads)
-    return app
+    return getattr(importlib.import_module(module), attribute)
 
 
 def run_inprocess(run_config: dict, num_nodes: int, models=None, client_app_ref: str = "client_app.app:app") -> Path:

@@ -14,6 +14,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -36,9 +37,20 @@ from fedmmkt_strategy.timeouts import PhaseTimeoutGrid, phase_timeouts
 from fedmmkt_strategy.trackers import TrackerFeed, build_trackers
 
 
+def use_server_threads(threads: int) -> None:
+    """The server's torch threads, set where the run starts: `server-threads`, or with 0 what the
+    process has (torch's default: every core, or OMP_NUM_THREADS). Nothing pins threads at import
+    any more (the ClientApp pins per message, `client_app.app.pin_threads`), so the synthesis, the
+    T2I update and a first pre-training inside `flwr run` get every core."""
+    if threads:
+        torch.set_num_threads(threads)
+    log(INFO, "server: %d torch threads", torch.get_num_threads())
+
+
 def run_federation(grid: Grid, run_config: Mapping[str, Any], models: ServerModels | None = None) -> Path:
     """Run `num-server-rounds` rounds of the configured strategy; return the results folder."""
     config = RunConfig.from_run_config(run_config)  # a bad value stops here, before any work
+    use_server_threads(config.server_threads)
     if config.resume:
         return resume_federation(grid, config, models)
     run_dir = make_run_dir(config.results_path, config.strategy, config.run_name)
