@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from flwr.app import ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 
@@ -30,6 +30,8 @@ from fedmmkt_strategy.labvote import (
 )
 from fedmmkt_strategy.runner import run_federation
 from fedmmkt_strategy.secagg import SCALE, dequantize, masked_vector, reconstruction_threshold, unmask_sum
+from fedmmkt_strategy.secure_round import check_stage_reply
+from tests.messages import client_description, reply_to
 
 SESSION = "r1-test"
 
@@ -250,3 +252,51 @@ def test_a_client_that_drops_out_mid_protocol_does_not_stop_the_round(micro_run_
     np.testing.assert_array_equal(kept, expected.kept_indices)
     np.testing.assert_allclose(targets[100][P.SOFT_LABELS], expected.soft_labels[kept], atol=1e-5)
     assert metrics["rounds"][-1]["round"] == 1  # the run completed its round
+
+
+# ---------------------------------------------------------------- malformed stage replies
+def _stage_reply(values: dict, client: bool = False, vector: np.ndarray | None = None) -> Message:
+    content = RecordDict({P.SECAGG: ConfigRecord(values)})
+    if client:
+        content[P.CLIENT] = client_description()
+    if vector is not None:
+        content[P.SECAGG_MASKED] = ArrayRecord({P.VECTOR: Array(vector)})
+    return reply_to(P.QUERY_SECAGG, content)
+
+
+@pytest.mark.parametrize(
+    ("stage", "reply", "expected", "reason"),
+    [
+        ("setup", _stage_reply({P.SECAGG_PK1: b"a", P.SECAGG_PK2: b"a"}, client=True), {}, "distinct"),
+        ("setup", _stage_reply({P.SECAGG_PK1: b"a", P.SECAGG_PK2: b"b"}), {}, "missing ConfigRecord 'client'"),
+        ("setup", _stage_reply({P.SECAGG_PK1: b"a" * 5000, P.SECAGG_PK2: b"b"}, client=True), {}, "distinct"),
+        (
+            "share-keys",
+            _stage_reply({P.SECAGG_DESTINATIONS: [1, 2], P.SECAGG_CIPHERTEXTS: [b"x"]}),
+            {"others": [1, 2]},
+            "equal length",
+        ),
+        (
+            "share-keys",
+            _stage_reply({P.SECAGG_DESTINATIONS: [1, 1], P.SECAGG_CIPHERTEXTS: [b"x", b"y"]}),
+            {"others": [1, 2]},
+            "exactly once",
+        ),
+        ("collect", _stage_reply({}), {"length": 3}, "missing ArrayRecord"),
+        ("collect", _stage_reply({}, vector=np.zeros(3, np.float64)), {"length": 3}, "expected uint64"),
+        ("collect", _stage_reply({}, vector=np.zeros(4, np.uint64)), {"length": 3}, "expected uint64 (3,)"),
+        (
+            "unmask",
+            _stage_reply({P.SECAGG_NODES: [1, 9], P.SECAGG_SHARES: [b"s", b"t"]}),
+            {"asked": {1, 2}},
+            "did not ask",
+        ),
+        ("unmask", _stage_reply({P.SECAGG_NODES: [1, 1], P.SECAGG_SHARES: [b"s", b"t"]}), {"asked": {1}}, "once"),
+    ],
+)
+def test_malformed_stage_replies_are_refused_with_a_reason(stage, reply, expected, reason):
+    assert reason in (check_stage_reply(reply, stage, **expected) or "")
+
+
+def test_a_well_formed_collect_reply_passes():
+    assert check_stage_reply(_stage_reply({}, vector=np.zeros(3, np.uint64)), "collect", length=3) is None
