@@ -38,6 +38,10 @@ class FederatedStrategy(Strategy):
         Where per-client and per-round metrics go; files are rewritten every round.
     """
 
+    #: Run-config keys the strategy fixes whatever the run says (a baseline switching FedMMKT's
+    #: steps off); `factory.effective_config` writes them into the config, so metrics.json and
+    #: the log record what actually ran.
+    fixed_config: dict[str, object] = {}
     train_metrics: tuple[str, ...] = (P.TRAIN_LOSS, P.NUM_EXAMPLES)
     evaluate_metrics: tuple[str, ...] = (P.ACC_LOCAL, P.ACC_GLOBAL, P.NUM_EXAMPLES)
 

@@ -12,9 +12,10 @@ class CreamFL(FedMMKT):
     no T2I update."""
 
     send_soft_labels = False
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.use_vote = self.use_cross_attention = self.use_t2i_update = False
-        self.prompt_mix = 0.0
-        self.use_contrastive = True
+    fixed_config = {
+        "use-labvote": False,
+        "use-cross-attention": False,
+        "use-t2i-update": False,
+        "labvote-prompt-mix": 0.0,
+        "use-contrastive-aggregation": True,
+    }

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from logging import INFO
+
+from flwr.common.logger import log
+
 from fedmmkt_strategy.base import FederatedStrategy
 from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.creamfl import CreamFL
@@ -23,9 +27,24 @@ STRATEGIES: dict[str, type[FederatedStrategy]] = {
 }
 
 
+def effective_config(config: RunConfig) -> RunConfig:
+    """The config as the strategy runs it: its `fixed_config` keys applied (a `fedmd` run records
+    ``use-labvote = false``, not the default it ignores), with a log line for each value replaced."""
+    fixed = STRATEGIES[config.strategy].fixed_config
+    given = config.as_run_config()
+    changed = {key: value for key, value in fixed.items() if given[key] != value}
+    if not changed:
+        return config
+    for key, value in changed.items():
+        log(INFO, "%s runs with %s = %r (the run config's %r does not apply)", config.strategy, key, value, given[key])
+    return config.model_copy(update={key.replace("-", "_"): value for key, value in changed.items()})
+
+
 def build_strategy(config: RunConfig, recorder: RunRecorder, models: ServerModels | None = None) -> FederatedStrategy:
-    """The strategy named by `config.strategy`; `models` lets several runs share loaded server models."""
+    """The strategy named by `config.strategy`, on its `effective_config`; `models` lets several
+    runs share loaded server models."""
     cls = STRATEGIES[config.strategy]
+    config = effective_config(config)
     if issubclass(cls, FedMMKT):
         return cls(config, recorder, models)
     return cls(config, recorder)

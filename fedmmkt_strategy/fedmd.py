@@ -10,8 +10,11 @@ class FedMD(FedMMKT):
     no T2I update; clients distil the consensus probabilities only."""
 
     send_fused = False
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.use_vote = self.use_contrastive = self.use_cross_attention = self.use_t2i_update = False
-        self.prompt_mix = 0.0  # FedMD's consensus is the clients' alone
+    #: FedMD's consensus is the clients' plain average alone (applied to the config: factory.py)
+    fixed_config = {
+        "use-labvote": False,
+        "use-contrastive-aggregation": False,
+        "use-cross-attention": False,
+        "use-t2i-update": False,
+        "labvote-prompt-mix": 0.0,
+    }

@@ -29,7 +29,7 @@ from fedmmkt_strategy.checkpoint import (
     restore_rng,
 )
 from fedmmkt_strategy.config import ConfigError, RunConfig
-from fedmmkt_strategy.factory import build_strategy
+from fedmmkt_strategy.factory import build_strategy, effective_config
 from fedmmkt_strategy.report import write_report
 from fedmmkt_strategy.results import RunRecorder, make_run_dir
 from fedmmkt_strategy.server_models import ServerModels
@@ -49,7 +49,7 @@ def use_server_threads(threads: int) -> None:
 
 def run_federation(grid: Grid, run_config: Mapping[str, Any], models: ServerModels | None = None) -> Path:
     """Run `num-server-rounds` rounds of the configured strategy; return the results folder."""
-    config = RunConfig.from_run_config(run_config)  # a bad value stops here, before any work
+    config = effective_config(RunConfig.from_run_config(run_config))  # a bad value stops here, before any work
     use_server_threads(config.server_threads)
     if config.resume:
         return resume_federation(grid, config, models)
@@ -99,7 +99,8 @@ def resume_federation(grid: Grid, config: RunConfig, models: ServerModels | None
         raise _damaged(run_dir, config, err) from None
     log(INFO, "resuming %s after round %d of %d", run_dir, completed, config.num_server_rounds)
     try:
-        run_rounds(strategy, grid, completed + 1, config.num_server_rounds, config.round_timeout)
+        timed = PhaseTimeoutGrid(grid, phase_timeouts(config))  # the same per-phase waits as a fresh run
+        run_rounds(strategy, timed, completed + 1, config.num_server_rounds, config.round_timeout)
     finally:
         recorder.close()
     log(INFO, "results: %s (metrics.json, metrics.csv, accuracy.png, samples/, tensorboard/)", run_dir)

@@ -12,10 +12,7 @@ class SelfFineTuning(FedMMKT):
 
     send_soft_labels = send_fused = False
     t2i_labels = "prompt"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.use_t2i_update = True
+    fixed_config = {"use-t2i-update": True}
 
     def prepare_round(self, server_round, grid) -> None:
         self._timings = {}

@@ -98,6 +98,7 @@ def comparable(metrics: dict) -> list:
 
 def test_a_crashed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, micro_run_config):
     rc = {**micro_run_config, "results-dir": str(tmp_path), "labvote-beta": 1.0, "labvote-robust": "reliability"}
+    rc["train-timeout"] = 321.0
     whole = run_federation(InProcessGrid(client_app, rc, 4), {**rc, "run-name": "whole"})
 
     grid = CrashingGrid(client_app, rc, 4)  # the SuperNodes outlive the server: same client state
@@ -107,7 +108,17 @@ def test_a_crashed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, micro_
     crashed = tmp_path / "crashed"
     assert ckpt.load_checkpoint(crashed / ckpt.CHECKPOINT_FILE)["round"] == 1
     grid.crash_round = None
+    waits: list[tuple[str, float | None]] = []
+    deliver = grid.send_and_receive
+
+    def recording(messages, *, timeout=None):
+        messages = list(messages)
+        waits.extend((m.metadata.message_type, timeout) for m in messages[:1])
+        return deliver(messages, timeout=timeout)
+
+    grid.send_and_receive = recording
     resumed = run_federation(grid, {**rc, "resume": "crashed"})
+    assert ("train.distill", 321.0) in waits  # a resumed run keeps the per-phase timeouts
 
     assert resumed == crashed
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, resumed))

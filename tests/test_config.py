@@ -61,3 +61,15 @@ def test_bad_values_name_the_key_and_what_is_allowed(override, expected):
 
 def test_flower_integer_overrides_of_float_keys_are_accepted():
     assert RunConfig.from_run_config({"round-timeout": 40}).round_timeout == 40.0
+
+
+def test_baselines_record_the_switches_they_run_with():
+    from fedmmkt_strategy.factory import effective_config
+
+    fedmd = effective_config(RunConfig.from_run_config({"strategy": "fedmd"}))
+    assert not fedmd.use_labvote and not fedmd.use_t2i_update and fedmd.labvote_prompt_mix == 0.0
+    assert fedmd.as_run_config()["use-labvote"] is False  # what metrics.json and the log show
+    creamfl = effective_config(RunConfig.from_run_config({"strategy": "creamfl", "use-contrastive-aggregation": False}))
+    assert creamfl.use_contrastive_aggregation and not creamfl.use_cross_attention
+    plain = RunConfig.from_run_config({"strategy": "fedmmkt", "use-labvote": False})
+    assert effective_config(plain) is plain  # fedmmkt fixes nothing: its switches are the ablations
