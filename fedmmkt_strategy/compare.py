@@ -15,6 +15,7 @@ from logging import INFO
 from pathlib import Path
 from typing import Any
 
+import click
 import matplotlib
 
 matplotlib.use("Agg")
@@ -93,11 +94,18 @@ PRESETS: dict[str, Preset] = {
 
 def variant_config(variant: str) -> dict[str, Any]:
     """Run-config overrides of a variant name: a strategy or a named variant, optionally followed by
-    ``+key=value`` overrides, e.g. ``fedmmkt+labvote-beta=0.3+t2i-update-fraction=0.5``."""
+    ``+key=value`` overrides, e.g. ``fedmmkt+labvote-beta=0.3+client-calibration=temperature``
+    (a string value needs no quotes here: a value Flower's parser refuses is taken as a string)."""
     name, *overrides = variant.split("+")
     config = dict(VARIANTS.get(name, {"strategy": name}))
     for override in overrides:
-        config.update(parse_config_args([override]))
+        key, sep, value = override.partition("=")
+        try:
+            config.update(parse_config_args([override]))
+        except click.ClickException:
+            if not sep or not key or '"' in value:
+                raise
+            config.update(parse_config_args([f'{key}="{value}"']))
     return config
 
 

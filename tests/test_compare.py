@@ -70,3 +70,14 @@ def test_merge_gives_a_lane_without_t2i_scores_the_pre_trained_ones_of_its_seed(
     assert fedmd["gen_acc"] == fedmd["gen_acc_round0"] == 0.6  # never changes the T2I model
     assert fedmd["rounds"]["gen_acc"] == [[0, 0.6]]
     assert merged["fedmmkt"][0]["gen_acc"] == 0.65
+
+
+def test_variant_overrides_take_bare_strings():
+    from fedmmkt_strategy.compare import variant_config
+
+    assert variant_config("fedmmkt+client-calibration=temperature+labvote-beta=0.3") == {
+        "strategy": "fedmmkt",
+        "client-calibration": "temperature",
+        "labvote-beta": 0.3,
+    }
+    assert variant_config('fedmmkt+t2i-pairs="voted"')["t2i-pairs"] == "voted"
