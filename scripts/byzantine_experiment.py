@@ -69,9 +69,15 @@ def run_one(name: str, attack: str | None, robust: str, seed: int, rounds: int, 
     grid = InProcessGrid(app, rc, NODES)
     started = time.time()
     metrics = json.loads((run_federation(grid, rc, load_server_models(config)) / "metrics.json").read_text())
+    return summarise(metrics, seed, attack, robust) | {"wall_s": time.time() - started}
+
+
+def summarise(metrics: dict[str, Any], seed: int, attack: str | None, robust: str) -> dict[str, Any]:
+    """One run's figures from its metrics.json. "Honest" is every node but the attacker slots, in
+    the clean run too, so each change against it compares the same eight clients."""
     last = metrics["rounds"][-1]
-    honest = [c for c in last["clients"] if c["node_id"] not in attackers and "acc_global" in c]
-    bad = [c for c in last["clients"] if c["node_id"] in attackers]
+    honest = [c for c in last["clients"] if c["node_id"] not in ATTACKERS and "acc_global" in c]
+    bad = [c for c in last["clients"] if c["node_id"] in ATTACKERS]
     gen = [r["server"]["gen_acc"] for r in metrics["rounds"] if "gen_acc" in r["server"]]
 
     def mean_of(rows: list[dict], key: str) -> float:
@@ -91,8 +97,19 @@ def run_one(name: str, attack: str | None, robust: str, seed: int, rounds: int, 
         "attacker_embedding_reliability": mean_of(bad, "embedding_reliability"),
         "honest_reliability_min": min((c.get("reliability", 1.0) for c in honest), default=1.0),
         "failures": len(metrics["failures"]),
-        "wall_s": time.time() - started,
     }
+
+
+def resummarise(out: Path) -> list[dict[str, Any]]:
+    """Every finished run under `out`/runs (its name says attack, defence and seed), summarised."""
+    runs = []
+    for path in sorted((out / "runs").glob("*-seed*/metrics.json")):
+        name, _, seed = path.parent.name.rpartition("-seed")
+        attack, robust = (None, "none") if name == "clean" else tuple(name.rsplit("-", 1))
+        metrics = json.loads(path.read_text())
+        if metrics["rounds"][-1]["round"] == metrics["config"]["num-server-rounds"]:
+            runs.append(summarise(metrics, int(seed), attack, robust))
+    return runs
 
 
 def table(runs: list[dict[str, Any]]) -> str:
@@ -130,7 +147,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated, of {', '.join(ATTACKS)}")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--summarise", action="store_true", help="rebuild byzantine.json and the table from <out>/runs, running nothing"
+    )
     args = parser.parse_args(argv)
+    if args.summarise:
+        runs = resummarise(args.out)
+        (args.out / "byzantine.json").write_text(json.dumps(runs, indent=2))
+        print(table(runs))
+        return
     attacks = args.attacks.split(",")
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
