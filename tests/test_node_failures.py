@@ -65,7 +65,12 @@ def flwr_warnings():
 
 def test_phase_timeouts_fall_back_to_the_round_timeout():
     config = RunConfig.from_run_config({"round-timeout": 50.0, "train-timeout": 7.0})
-    assert phase_timeouts(config) == {P.QUERY_INFER: 50.0, P.TRAIN_DISTILL: 7.0, P.EVALUATE: 50.0}
+    assert phase_timeouts(config) == {
+        P.QUERY_INFER: 50.0,
+        P.QUERY_SECAGG: 50.0,
+        P.TRAIN_DISTILL: 7.0,
+        P.EVALUATE: 50.0,
+    }
 
 
 def test_a_hung_node_costs_its_phase_timeout_not_the_round_timeout(faulty_grid):
