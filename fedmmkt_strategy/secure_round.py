@@ -31,14 +31,19 @@ from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.serverapp import Grid
 
 from fedmmkt_strategy import protocol as P
+from fedmmkt_strategy.labvote import vote_from_terms
 from fedmmkt_strategy.secagg import reconstruction_threshold, unmask_sum
+from fedmmkt_strategy.server_models import caption_anchors
 from fedmmkt_strategy.validation import check_client_record, check_record_names
+from task_models.modality import MODALITIES
 
 #: Largest key or share the server relays (a P-384 key in DER is ~120 bytes, a share ~260).
 MAX_BLOB = 4096
@@ -294,8 +299,6 @@ def secure_vote(strategy, grid: Grid, server_round: int):
 
     The collect message carries the pool rows the node lacks (as ``query.infer`` does), the vote
     rule, and for the class-aware vote the prompt classes and the node's modality totals."""
-    from fedmmkt_strategy.labvote import vote_from_terms  # noqa: PLC0415 (labvote imports nothing of ours)
-
     s, cfg = strategy, strategy.config
     aggregator = SecureAggregator(s, grid, server_round, cfg.secagg_threshold)
     n, c = len(s.pool), s.world.num_classes
@@ -336,12 +339,6 @@ def secure_fuse(strategy, grid: Grid, server_round: int, vote, members: list[int
     """Step 4 under secure aggregation: each modality's aggregate of the kept rows is one secure
     sum of `fusion.contrastive_terms` against the anchors the server sends, then cross-attention
     as in the plain round. A modality with fewer than two members gets no fused target."""
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
-
-    from fedmmkt_strategy.server_models import caption_anchors  # noqa: PLC0415
-    from task_models.modality import MODALITIES  # noqa: PLC0415
-
     s, cfg = strategy, strategy.config
     kept = vote.kept_indices
     if len(kept) == 0 or not members:
