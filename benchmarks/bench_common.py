@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import tomllib
 
-from fedmmkt_strategy.portable_paths import portable
+from lab.portable_paths import portable
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -87,8 +87,8 @@ def child_import(architecture: str) -> dict[str, Any]:
 
     import_s = time.perf_counter() - start
     rss_import, modules_import = _peak_mb(), _heavy_loaded()
-    from task_models import tokenizer
     from task_models.registry import ModelSpec, build_task_model
+    from worlds import tokenizer
 
     start = time.perf_counter()
     build_task_model(architecture, ModelSpec(24, 128, tokenizer.vocab_size(), 32), seed=0)
@@ -115,7 +115,7 @@ def child_round(architecture: str, run_config: dict[str, Any], partition_id: int
     from client_app.app import app
     from client_app.node import ClientNode
     from fedmmkt_strategy import protocol as P
-    from task_models import domain, sensor
+    from worlds import domain, sensor
 
     for name in ("_run_id", "_node_id", "_task_id"):  # Messages outside a Flower runtime need one (as inprocess.py)
         if getattr(TaskIdentity, name, None) is None:

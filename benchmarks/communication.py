@@ -44,13 +44,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.common.serde import message_to_proto
 
 from fedmmkt_strategy import protocol as P
-from fedmmkt_strategy.accounting import payload_bytes
 from fedmmkt_strategy.config import RunConfig
+from fedmmkt_strategy.federation.accounting import payload_bytes
 from fedmmkt_strategy.generative.synthesis import prompts_for_classes
-from fedmmkt_strategy.inprocess import ensure_task_identity
-from task_models import domain
+from fedmmkt_strategy.runs.inprocess import ensure_task_identity
 from task_models.registry import ModelSpec, available_models, build_task_model, model_modality
-from task_models.tokenizer import build_tokenizer
+from worlds import domain
+from worlds.tokenizer import build_tokenizer
 
 #: Class counts of the paper presets' datasets (their worlds need the dataset itself to say so).
 PAPER_CLASSES = {"paper-flowers": 102, "paper-food101": 101}

@@ -36,8 +36,8 @@ from typing import Any
 from bench_common import loglog_exponent, parse_overrides, peak_rss_gb, project_defaults, write_result
 from round_breakdown import STEPS
 
-from fedmmkt_strategy.inprocess import run_inprocess
-from fedmmkt_strategy.progress import say, track
+from fedmmkt_strategy.reporting.progress import say, track
+from fedmmkt_strategy.runs.inprocess import run_inprocess
 
 PHASE_KEYS = [key for _, key in STEPS] + ["time_round_s"]
 COMMON = {

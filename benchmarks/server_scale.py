@@ -56,8 +56,8 @@ def child(samples: int, clients: int, classes: int, dim: int, contrastive_batch:
     import torch.nn.functional as F
     from flwr.app import Array
 
-    from fedmmkt_strategy.fusion import CrossModalFusion, aggregate, contrastive_weights, fuse, train_fusion
-    from fedmmkt_strategy.labvote import labvote
+    from fedmmkt_strategy.steps.fusion import CrossModalFusion, aggregate, contrastive_weights, fuse, train_fusion
+    from fedmmkt_strategy.steps.labvote import labvote
 
     n, k, c, d = samples, clients, classes, dim
     steps: dict[str, dict[str, float]] = {}

@@ -22,9 +22,9 @@ from client_app.secagg_client import step as secure_step
 from client_app.synthetic_cache import cached_synthetic, update_synthetic_cache
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
-from fedmmkt_strategy.fusion import contrastive_terms
-from fedmmkt_strategy.labvote import own_class_weights, vote_terms
-from fedmmkt_strategy.privacy import privatize
+from fedmmkt_strategy.steps.fusion import contrastive_terms
+from fedmmkt_strategy.steps.labvote import own_class_weights, vote_terms
+from fedmmkt_strategy.steps.privacy import privatize
 from task_models.training import DistillTargets, evaluate_model, infer, train_model
 
 

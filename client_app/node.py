@@ -23,15 +23,15 @@ from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
 from task_models.augment import augment
 from task_models.calibration import fit_temperature
-from task_models.client_data import ClientData, load_client_data
 from task_models.device import resolve_client_device
 from task_models.layout import NodeRole
-from task_models.modality import to_model_input
 from task_models.models import TaskModel
 from task_models.node_config import parse_node_config, resolve_role
 from task_models.registry import ModelSpec, build_task_model
 from task_models.training import TrainSettings, fit_to_convergence, predict_logits
-from task_models.world import World
+from worlds.client_data import ClientData, load_client_data
+from worlds.modality import to_model_input
+from worlds.world import World
 
 MODEL_STATE = "model"
 #: Run-config keys a client's warm-up depends on (with the world spec and the node's role).

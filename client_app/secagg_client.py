@@ -4,7 +4,7 @@ What the server sees of this node in a session: two public keys, ciphertexts for
 one masked vector (uniformly random on its own) and shares of other nodes' secrets. The node's
 state between stages (its secret keys, mask seed and the shares it holds for others) lives in
 `context.state` as a ConfigRecord, so a deployed SuperNode, which starts a process per message,
-keeps it too. The masking itself is `fedmmkt_strategy.secagg`; the message layout is
+keeps it too. The masking itself is `fedmmkt_strategy.steps.secagg`; the message layout is
 docs/protocol.md, "Secure aggregation".
 """
 
@@ -30,7 +30,7 @@ from flwr.supercore.primitives.asymmetric import (
 )
 
 from fedmmkt_strategy import protocol as P
-from fedmmkt_strategy.secagg import STAGES, masked_vector, pairwise_key
+from fedmmkt_strategy.steps.secagg import STAGES, masked_vector, pairwise_key
 
 #: context.state record holding this node's protocol state.
 STATE = "secagg-state"

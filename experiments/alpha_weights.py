@@ -12,7 +12,7 @@ Variants: fedmmkt with contrastive-tau 0.05, 0.1 (default), 0.5.
 from __future__ import annotations
 
 from experiments.common import base_config, parser, run_variant, server_series, write_outputs
-from fedmmkt_strategy.progress import track
+from fedmmkt_strategy.reporting.progress import track
 
 TAUS = (0.05, 0.1, 0.5)
 

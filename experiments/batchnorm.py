@@ -20,11 +20,9 @@ import torch.nn.functional as F
 
 from experiments.common import base_config, parser, write_outputs
 from fedmmkt_strategy.config import RunConfig
+from fedmmkt_strategy.generative.server_models import load_server_models
 from fedmmkt_strategy.generative.synthesis import synthesize
-from fedmmkt_strategy.progress import say, track
-from fedmmkt_strategy.server_models import load_server_models
-from task_models.client_data import load_client_data
-from task_models.modality import to_model_input
+from fedmmkt_strategy.reporting.progress import say, track
 from task_models.registry import ModelSpec, build_task_model
 from task_models.training import (
     DistillTargets,
@@ -35,6 +33,8 @@ from task_models.training import (
     synthetic_schedule,
     train_model,
 )
+from worlds.client_data import load_client_data
+from worlds.modality import to_model_input
 
 BATCHNORM_ARCHITECTURES = ("cnn", "resnet", "cnn-small")
 

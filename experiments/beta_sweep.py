@@ -28,8 +28,8 @@ from experiments.common import (
     server_series,
     write_outputs,
 )
-from fedmmkt_strategy.labvote import labvote
-from fedmmkt_strategy.progress import track
+from fedmmkt_strategy.reporting.progress import track
+from fedmmkt_strategy.steps.labvote import labvote
 
 BETAS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 

@@ -15,11 +15,11 @@ import torch
 
 from experiments.common import base_config, parser, write_outputs
 from fedmmkt_strategy.config import RunConfig
-from fedmmkt_strategy.progress import say, track
-from task_models.client_data import ClientData, LabelledInputs, load_client_data
-from task_models.modality import to_model_input
+from fedmmkt_strategy.reporting.progress import say, track
 from task_models.registry import ModelSpec, build_task_model
 from task_models.training import TrainSettings, evaluate_model, fit_to_convergence
+from worlds.client_data import ClientData, LabelledInputs, load_client_data
+from worlds.modality import to_model_input
 
 
 def client_parts(config: RunConfig, modality: str) -> list[ClientData]:

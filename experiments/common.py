@@ -20,22 +20,24 @@ from typing import Any
 
 import matplotlib
 
-from fedmmkt_strategy.portable_paths import portable
+from lab.portable_paths import portable
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fedmmkt_strategy import protocol as P  # noqa: E402
-from fedmmkt_strategy.cli import _project_defaults  # noqa: E402
-from fedmmkt_strategy.compare import variant_config  # noqa: E402
-from fedmmkt_strategy.config import RunConfig  # noqa: E402
-from fedmmkt_strategy.fedmmkt import FedMMKT  # noqa: E402
+from fedmmkt_strategy.cli.compare import variant_config  # noqa: E402
+from fedmmkt_strategy.config import (
+    RunConfig,  # noqa: E402
+    project_defaults,  # noqa: E402
+)
 from fedmmkt_strategy.generative.judge import judge_predict  # noqa: E402
 from fedmmkt_strategy.generative.pretrain import CAPTIONER, JUDGE, VAE, default_cache_root  # noqa: E402
-from fedmmkt_strategy.inprocess import run_inprocess  # noqa: E402
-from fedmmkt_strategy.progress import say  # noqa: E402
-from fedmmkt_strategy.server_models import pretrain_spec  # noqa: E402
+from fedmmkt_strategy.generative.server_models import pretrain_spec  # noqa: E402
+from fedmmkt_strategy.reporting.progress import say  # noqa: E402
+from fedmmkt_strategy.runs.inprocess import run_inprocess  # noqa: E402
+from fedmmkt_strategy.strategies.fedmmkt import FedMMKT  # noqa: E402
 
 #: Micro sizes for --quick: the same keys as tests/conftest.py (MICRO_SERVER, TINY_FEDERATION).
 QUICK: dict[str, Any] = {
@@ -75,7 +77,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def base_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """pyproject.toml's run config, the experiment's overrides, then --quick's micro sizes on top."""
-    config = {**_project_defaults(), **(overrides or {}), "seed": args.seed}
+    config = {**project_defaults(), **(overrides or {}), "seed": args.seed}
     if args.quick:
         config.update(QUICK)
         if "client-layout" in (overrides or {}):  # keep the experiment's modalities, tiny models

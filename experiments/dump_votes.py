@@ -15,10 +15,10 @@ import numpy as np
 from flwr.common.config import parse_config_args
 
 from fedmmkt_strategy import protocol as P
-from fedmmkt_strategy.cli import _project_defaults
-from fedmmkt_strategy.fedmmkt import FedMMKT
+from fedmmkt_strategy.config import project_defaults
 from fedmmkt_strategy.generative.judge import judge_predict
-from fedmmkt_strategy.inprocess import run_inprocess
+from fedmmkt_strategy.runs.inprocess import run_inprocess
+from fedmmkt_strategy.strategies.fedmmkt import FedMMKT
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
         return original(self, server_round, outcome)
 
     FedMMKT.vote = recording_vote
-    config = {**_project_defaults(), **parse_config_args([args.run_config] if args.run_config else None)}
+    config = {**project_defaults(), **parse_config_args([args.run_config] if args.run_config else None)}
     config["results-dir"] = str(args.out / "runs")
     print(run_inprocess(config, args.num_nodes))
 

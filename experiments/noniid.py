@@ -22,7 +22,7 @@ from experiments.common import (
     server_series,
     write_outputs,
 )
-from fedmmkt_strategy.progress import track
+from fedmmkt_strategy.reporting.progress import track
 
 ALPHAS = (5.0, 0.5, 0.05)
 #: --quick runs the two extremes only: every code path, a third fewer runs than the full list.

@@ -24,7 +24,7 @@ from experiments.common import (
     server_series,
     write_outputs,
 )
-from fedmmkt_strategy.progress import track
+from fedmmkt_strategy.reporting.progress import track
 
 TWO = "image:cnn,image:cnn-small,text:gru,text:bow"
 THREE = TWO + ",sensor:mlp,sensor:mlp"

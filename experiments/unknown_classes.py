@@ -19,8 +19,8 @@ import numpy as np
 from experiments.common import base_config, parser, reuse_pretrain_phases, run_variant, server_series, write_outputs
 from fedmmkt_strategy.config import parse_class_list
 from fedmmkt_strategy.generative.pretrain import JUDGE
-from fedmmkt_strategy.progress import track
-from task_models.domain import class_names
+from fedmmkt_strategy.reporting.progress import track
+from worlds.domain import class_names
 
 
 def main(argv: list[str] | None = None) -> dict:

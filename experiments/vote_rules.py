@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmmkt_strategy.labvote import labvote, normalised_entropy, plain_average
+from fedmmkt_strategy.steps.labvote import labvote, normalised_entropy, plain_average
 
 
 def prompt_prior(probs, entropy, prompt, weight, beta=1.0):

@@ -11,12 +11,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from task_models.hf_datasets import PaperDataSpec
 from task_models.layout import LayoutEntry, parse_layout
-from task_models.splits import DomainSpec
-from task_models.world import World, build_world
+from worlds.hf_datasets import PaperDataSpec
+from worlds.splits import DomainSpec
+from worlds.world import World, build_world
 
 STRATEGY_NAMES = ("local", "fedavg", "fedmd", "creamfl", "self-ft", "fedmmkt")
 StrategyName = Literal["local", "fedavg", "fedmd", "creamfl", "self-ft", "fedmmkt"]
@@ -179,7 +180,7 @@ class RunConfig(BaseModel):
     @field_validator("trackers")
     @classmethod
     def _trackers_are_known(cls, value: str) -> str:
-        from fedmmkt_strategy.trackers import parse_trackers
+        from fedmmkt_strategy.reporting.trackers import parse_trackers
 
         parse_trackers(value)
         return value
@@ -271,7 +272,7 @@ class RunConfig(BaseModel):
 
     @property
     def tracker_names(self) -> tuple[str, ...]:
-        from fedmmkt_strategy.trackers import parse_trackers
+        from fedmmkt_strategy.reporting.trackers import parse_trackers
 
         return parse_trackers(self.trackers)
 
@@ -298,7 +299,7 @@ def parse_class_list(text: str) -> tuple[int, ...]:
     Raises ValueError for anything but comma-separated toy class labels in [0, NUM_CLASSES), or
     for holding out every class (the server would have no public data at all).
     """
-    from task_models.domain import NUM_CLASSES
+    from worlds.domain import NUM_CLASSES
 
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not all(p.isdigit() for p in parts):
@@ -327,3 +328,13 @@ def format_errors(err: ValidationError) -> str:
 
 def _known_keys() -> list[str]:
     return [_kebab(name) for name in RunConfig.model_fields]
+
+
+def project_defaults() -> dict:
+    """The run config of pyproject.toml (`[tool.flwr.app.config]`), when run from the project folder;
+    {} elsewhere. The commands outside `flwr run` (`fedmmkt pretrain`, `compare`, the experiments)
+    start from it so they see the same defaults a `flwr run` would."""
+    pyproject = Path("pyproject.toml")
+    if not pyproject.exists():
+        return {}
+    return tomllib.loads(pyproject.read_text()).get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})

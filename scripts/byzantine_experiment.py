@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 
 from fedmmkt_strategy.config import RunConfig
-from fedmmkt_strategy.faults import ATTACKS, ByzantineClientApp
 from fedmmkt_strategy.generative.pretrain import default_cache_root
+from fedmmkt_strategy.generative.server_models import load_server_models, pretrain_spec
 from fedmmkt_strategy.generative.synthesis import class_balanced_prompts
-from fedmmkt_strategy.inprocess import InProcessGrid, load_client_app
-from fedmmkt_strategy.progress import say, track
-from fedmmkt_strategy.runner import run_federation
-from fedmmkt_strategy.server_models import load_server_models, pretrain_spec
+from fedmmkt_strategy.reporting.progress import say, track
+from fedmmkt_strategy.runs.inprocess import InProcessGrid, load_client_app
+from fedmmkt_strategy.runs.runner import run_federation
+from lab.faults import ATTACKS, ByzantineClientApp
 
 BASE = {
     "client-layout": "image:cnn,text:bow,image:cnn-small,text:gru",

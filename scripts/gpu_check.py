@@ -1,7 +1,7 @@
 """One FedMMKT round of the paper-flowers profile on tiny subsets, offline, with figures.
 
 The GPU machine cannot reach the Hugging Face hub either, so the check builds stand-ins of the
-paper models from config (`fedmmkt_strategy.paper_standins`: Stable Diffusion 1.x architecture,
+paper models from config (`lab.paper_standins`: Stable Diffusion 1.x architecture,
 BLIP, CLIP, a flowers-schema parquet file), saves them to folders and runs the real paper code
 path on them: `load_dataset` on parquet, `from_pretrained` by folder, bf16 on CUDA, memory-aware
 batch sizes, LoRA fine-tuning (peft), ResNet-18 / ViT-S / BERT clients, GenAcc with a judge
@@ -30,10 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedmmkt_strategy.config import RunConfig  # noqa: E402
+from fedmmkt_strategy.generative.server_models import load_server_models  # noqa: E402
 from fedmmkt_strategy.generative.t2i import LORA_ADAPTER, generate_images  # noqa: E402
-from fedmmkt_strategy.inprocess import run_inprocess  # noqa: E402
-from fedmmkt_strategy.paper_standins import build_standins  # noqa: E402
-from fedmmkt_strategy.server_models import load_server_models  # noqa: E402
+from fedmmkt_strategy.runs.inprocess import run_inprocess  # noqa: E402
+from lab.paper_standins import build_standins  # noqa: E402
 
 #: Per scale: T2I resolution, client image size, client width scale, synthetic samples, steps.
 SCALES = {

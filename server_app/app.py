@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmmkt_strategy.runner import run_federation
+from fedmmkt_strategy.runs.runner import run_federation
 
 app = ServerApp()
 

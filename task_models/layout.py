@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from task_models.modality import MODALITIES, Modality
 from task_models.registry import available_models, model_modality
+from worlds.modality import MODALITIES, Modality
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from task_models.modality import TEXT_MAX_LENGTH, Modality
-from task_models.tokenizer import PAD_ID
+from worlds.modality import TEXT_MAX_LENGTH, Modality
+from worlds.tokenizer import PAD_ID
 
 
 def _transformers(*names: str) -> tuple:

@@ -19,8 +19,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from task_models.layout import LayoutEntry, NodeRole, assign_node
-from task_models.modality import MODALITIES
 from task_models.registry import available_models, model_modality
+from worlds.modality import MODALITIES
 
 
 class NodeConfigError(ValueError):

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from task_models import models
-from task_models.modality import Modality
 from task_models.models import TaskModel
-from task_models.sensor import SENSOR_DIM
+from worlds.modality import Modality
+from worlds.sensor import SENSOR_DIM
 
 
 @dataclass(frozen=True)

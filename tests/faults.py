@@ -15,7 +15,7 @@ from typing import Literal
 from flwr.app import Context, Message
 
 from fedmmkt_strategy import protocol as P
-from fedmmkt_strategy.inprocess import InProcessGrid
+from fedmmkt_strategy.runs.inprocess import InProcessGrid
 
 #: Longest a hung node blocks if a test forgets to release it.
 MAX_HANG_S = 120.0

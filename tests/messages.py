@@ -6,7 +6,7 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedmmkt_strategy import protocol as P
-from fedmmkt_strategy.inprocess import ensure_task_identity
+from fedmmkt_strategy.runs.inprocess import ensure_task_identity
 
 
 def client_description(modality: str = "image", architecture: str = "cnn", **changes) -> ConfigRecord:

@@ -10,11 +10,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from client_app.app import app as client_app
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
-from fedmmkt_strategy.factory import build_strategy
-from fedmmkt_strategy.inprocess import InProcessGrid
-from fedmmkt_strategy.results import RunRecorder, make_run_dir
-from fedmmkt_strategy.sampling import QuorumError
-from task_models import domain
+from fedmmkt_strategy.federation.sampling import QuorumError
+from fedmmkt_strategy.reporting.results import RunRecorder, make_run_dir
+from fedmmkt_strategy.runs.inprocess import InProcessGrid
+from fedmmkt_strategy.strategies.factory import build_strategy
+from worlds import domain
 
 TINY = {
     "client-layout": "image:cnn,text:bow,image:cnn,text:gru",

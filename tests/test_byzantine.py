@@ -8,10 +8,10 @@ import pytest
 
 from client_app.app import app as client_app
 from fedmmkt_strategy import protocol as P
-from fedmmkt_strategy.faults import ByzantineClientApp
-from fedmmkt_strategy.inprocess import InProcessGrid
-from fedmmkt_strategy.robust import reliability_weights
-from fedmmkt_strategy.runner import run_federation
+from fedmmkt_strategy.runs.inprocess import InProcessGrid
+from fedmmkt_strategy.runs.runner import run_federation
+from fedmmkt_strategy.steps.robust import reliability_weights
+from lab.faults import ByzantineClientApp
 
 NODES = 5  # TINY_FEDERATION's four roles, repeated: node 104 is a second image:cnn
 BYZANTINE = 104

@@ -40,7 +40,7 @@ def test_infer_scales_probabilities_and_keeps_the_argmax():
 @pytest.mark.parametrize("calibration", ["none", "temperature"])
 def test_a_node_votes_at_the_temperature_fitted_on_its_own_validation_split(calibration):
     from client_app.node import ClientNode
-    from fedmmkt_strategy.inprocess import InProcessGrid
+    from fedmmkt_strategy.runs.inprocess import InProcessGrid
     from tests.conftest import TINY_FEDERATION
 
     grid = InProcessGrid(lambda m, c: m, {**TINY_FEDERATION, "client-calibration": calibration}, num_nodes=2)

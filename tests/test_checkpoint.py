@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from client_app.app import app as client_app
-from fedmmkt_strategy import checkpoint as ckpt
 from fedmmkt_strategy.config import ConfigError, RunConfig
+from fedmmkt_strategy.federation import checkpoint as ckpt
 from fedmmkt_strategy.generative.finetune import finetune_denoiser
+from fedmmkt_strategy.generative.server_models import load_server_models
 from fedmmkt_strategy.generative.t2i import denoiser_state, load_denoiser_state
-from fedmmkt_strategy.inprocess import InProcessGrid
-from fedmmkt_strategy.runner import run_federation
-from fedmmkt_strategy.server_models import load_server_models
+from fedmmkt_strategy.runs.inprocess import InProcessGrid
+from fedmmkt_strategy.runs.runner import run_federation
 from tests.test_trackers import assert_tensorboard_matches_metrics
 
 
@@ -172,7 +172,7 @@ def test_a_damaged_checkpoint_fails_with_one_line_naming_resume_and_the_file(tmp
 
 
 def test_a_checkpoint_of_the_wrong_state_changes_nothing_in_the_folder(tmp_path):
-    from fedmmkt_strategy.runner import resume_federation
+    from fedmmkt_strategy.runs.runner import resume_federation
 
     config = RunConfig(strategy="local", resume=str(tmp_path), results_dir=str(tmp_path))
     state = {"round": 1, "config": config.as_run_config(), "rng": {}, "recorder": {"rounds": 3}, "strategy": {}}

@@ -11,8 +11,8 @@ import torch
 
 from client_app.app import app as client_app
 from client_app.persistence import STALE_AFTER_DAYS, read_state, state_file, state_root, write_state
-from fedmmkt_strategy.inprocess import InProcessGrid
-from fedmmkt_strategy.runner import run_federation
+from fedmmkt_strategy.runs.inprocess import InProcessGrid
+from fedmmkt_strategy.runs.runner import run_federation
 from tests.test_checkpoint import CrashingGrid, SimulatedCrash, comparable
 
 TINY = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedmmkt_strategy.compare import PRESETS, variant_config
+from fedmmkt_strategy.cli.compare import PRESETS, variant_config
 from fedmmkt_strategy.config import ConfigError, RunConfig
 
 
@@ -39,7 +39,7 @@ def _run(seed: int, image: float) -> dict:
 
 
 def test_merge_orders_each_variant_by_seed_so_deltas_pair():
-    from fedmmkt_strategy.compare import merge_results, paired_deltas
+    from fedmmkt_strategy.cli.compare import merge_results, paired_deltas
 
     lane_a = {"local": [_run(2, 0.3)], "fedmmkt": [_run(2, 0.5)]}
     lane_b = {"local": [_run(0, 0.1), _run(1, 0.2)], "fedmmkt": [_run(0, 0.4), _run(1, 0.2)]}
@@ -49,14 +49,14 @@ def test_merge_orders_each_variant_by_seed_so_deltas_pair():
 
 
 def test_merge_rejects_a_seed_run_twice():
-    from fedmmkt_strategy.compare import merge_results
+    from fedmmkt_strategy.cli.compare import merge_results
 
     with pytest.raises(ValueError, match="twice"):
         merge_results([{"local": [_run(0, 0.1)]}, {"local": [_run(0, 0.2)]}])
 
 
 def test_merge_gives_a_lane_without_t2i_scores_the_pre_trained_ones_of_its_seed():
-    from fedmmkt_strategy.compare import merge_results
+    from fedmmkt_strategy.cli.compare import merge_results
 
     nan = float("nan")
     measured = {"seed": 1, "gen_acc_round0": 0.6, "fid_round0": 12.0, "gen_acc": 0.65, "fid": 13.0, "rounds": {}}
@@ -73,7 +73,7 @@ def test_merge_gives_a_lane_without_t2i_scores_the_pre_trained_ones_of_its_seed(
 
 
 def test_variant_overrides_take_bare_strings():
-    from fedmmkt_strategy.compare import variant_config
+    from fedmmkt_strategy.cli.compare import variant_config
 
     assert variant_config("fedmmkt+client-calibration=temperature+labvote-beta=0.3") == {
         "strategy": "fedmmkt",

@@ -4,7 +4,7 @@ import pytest
 import tomllib
 
 from fedmmkt_strategy.config import STRATEGY_NAMES, ConfigError, RunConfig
-from fedmmkt_strategy.factory import STRATEGIES
+from fedmmkt_strategy.strategies.factory import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_flower_integer_overrides_of_float_keys_are_accepted():
 
 
 def test_baselines_record_the_switches_they_run_with():
-    from fedmmkt_strategy.factory import effective_config
+    from fedmmkt_strategy.strategies.factory import effective_config
 
     fedmd = effective_config(RunConfig.from_run_config({"strategy": "fedmd"}))
     assert not fedmd.use_labvote and not fedmd.use_t2i_update and fedmd.labvote_prompt_mix == 0.0

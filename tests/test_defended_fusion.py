@@ -8,11 +8,11 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedmmkt_strategy import protocol as P
-from fedmmkt_strategy.faults import ATTACKS, ByzantineClientApp
-from fedmmkt_strategy.fusion import contrastive_weights
-from fedmmkt_strategy.inprocess import ensure_task_identity
-from fedmmkt_strategy.robust import EMBEDDING_EVIDENCE, ReliabilityTracker, leave_one_out_cosine
-from fedmmkt_strategy.validation import check_inference_reply
+from fedmmkt_strategy.federation.validation import check_inference_reply
+from fedmmkt_strategy.runs.inprocess import ensure_task_identity
+from fedmmkt_strategy.steps.fusion import contrastive_weights
+from fedmmkt_strategy.steps.robust import EMBEDDING_EVIDENCE, ReliabilityTracker, leave_one_out_cosine
+from lab.faults import ATTACKS, ByzantineClientApp
 
 N, C, D = 40, 6, 8
 

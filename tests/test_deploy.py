@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from fedmmkt_strategy.deploy import (
+from fedmmkt_strategy.cli.deploy import (
     CONNECTION,
     DeploySettings,
     flower_env,
@@ -29,7 +29,7 @@ from fedmmkt_strategy.deploy import (
     stop_deployment,
     supernode_command,
 )
-from fedmmkt_strategy.pki import make_node_key, make_server_credentials
+from fedmmkt_strategy.cli.pki import make_node_key, make_server_credentials
 from tests.conftest import MICRO_SERVER
 from tests.flower_cli import BIN, free_port, wait_for_run
 

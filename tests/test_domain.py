@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from task_models import domain, splits
-from task_models.tokenizer import UNK_ID, build_tokenizer
+from worlds import domain, splits
+from worlds.tokenizer import UNK_ID, build_tokenizer
 
 
 def test_at_least_twenty_classes_from_attribute_combinations():

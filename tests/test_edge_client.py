@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from task_models import splits, tokenizer
-from task_models.client_data import dirichlet_partition, train_test_split
-from task_models.modality import TEXT_MAX_LENGTH, to_model_input
+from worlds import splits, tokenizer
+from worlds.client_data import dirichlet_partition, train_test_split
+from worlds.modality import TEXT_MAX_LENGTH, to_model_input
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Never on an edge node: the server's models, the simulation engine, the paper world's data,
@@ -60,7 +60,7 @@ SNIPPET = textwrap.dedent(
     from flwr.supercore.task_identity import TaskIdentity
     from client_app.node import ClientNode
     from fedmmkt_strategy import protocol as P
-    from task_models import domain, sensor
+    from worlds import domain, sensor
     for name in ("_run_id", "_node_id", "_task_id"):
         if getattr(TaskIdentity, name, None) is None:
             setattr(TaskIdentity, name, 1)

@@ -8,10 +8,10 @@ from flwr.app import ArrayRecord
 
 from client_app.app import app as client_app
 from fedmmkt_strategy.config import RunConfig
-from fedmmkt_strategy.factory import build_strategy
-from fedmmkt_strategy.inprocess import InProcessGrid
-from fedmmkt_strategy.results import RunRecorder, make_run_dir
-from fedmmkt_strategy.server_models import load_server_models, public_replay, weights_fingerprint
+from fedmmkt_strategy.generative.server_models import load_server_models, public_replay, weights_fingerprint
+from fedmmkt_strategy.reporting.results import RunRecorder, make_run_dir
+from fedmmkt_strategy.runs.inprocess import InProcessGrid
+from fedmmkt_strategy.strategies.factory import build_strategy
 
 
 @pytest.fixture(scope="module")

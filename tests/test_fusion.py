@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedmmkt_strategy.fusion import (
+from fedmmkt_strategy.steps.fusion import (
     CrossModalFusion,
     aggregate,
     contrastive_scores,

@@ -21,8 +21,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from client_app.app import app as client_app
 from client_app.node import MODEL_STATE
 from fedmmkt_strategy import protocol as P
-from fedmmkt_strategy.inprocess import InProcessGrid
-from fedmmkt_strategy.runner import run_federation
+from fedmmkt_strategy.runs.inprocess import InProcessGrid
+from fedmmkt_strategy.runs.runner import run_federation
 
 NODES = 8  # TINY_FEDERATION's four roles twice: every architecture has two clients
 ROUNDS = 3
@@ -309,7 +309,7 @@ def test_hostile_fedavg_uploads_are_left_out_of_the_mean(tmp_path, micro_run_con
 
 @pytest.mark.parametrize("count", [2, 3])
 def test_a_node_that_answers_one_message_twice_fails_the_phase(count):
-    from fedmmkt_strategy.replies import collect_replies
+    from fedmmkt_strategy.federation.replies import collect_replies
     from tests.messages import reply_to
 
     replies = [reply_to(E, RecordDict(), node=7, message_id="m") for _ in range(count)]

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from fedmmkt_strategy.labvote import (
+from fedmmkt_strategy.steps.labvote import (
     labvote,
     mix_prompt,
     most_confident,

@@ -14,11 +14,11 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from client_app.app import app as client_app
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
-from fedmmkt_strategy.inprocess import InProcessGrid
-from fedmmkt_strategy.runner import run_federation
-from fedmmkt_strategy.sampling import QuorumError
-from fedmmkt_strategy.server_models import load_server_models
-from fedmmkt_strategy.timeouts import PhaseTimeoutGrid, phase_timeouts
+from fedmmkt_strategy.federation.sampling import QuorumError
+from fedmmkt_strategy.federation.timeouts import PhaseTimeoutGrid, phase_timeouts
+from fedmmkt_strategy.generative.server_models import load_server_models
+from fedmmkt_strategy.runs.inprocess import InProcessGrid
+from fedmmkt_strategy.runs.runner import run_federation
 from tests.faults import Fault, FaultInjector
 
 TEN_NODES = {"client-layout": "image:cnn,text:bow", "client-warmup-epochs": 1}

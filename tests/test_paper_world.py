@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from fedmmkt_strategy.config import ConfigError, RunConfig
-from fedmmkt_strategy.paper_standins import FLOWER_NAMES, save_word_tokenizer, write_flowers_parquet
-from task_models import hf_datasets, splits
-from task_models.client_data import load_client_data
-from task_models.world import build_world
+from lab.paper_standins import FLOWER_NAMES, save_word_tokenizer, write_flowers_parquet
+from worlds import hf_datasets, splits
+from worlds.client_data import load_client_data
+from worlds.world import build_world
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import tempfile
 from pathlib import Path
 
-from fedmmkt_strategy.portable_paths import portable
+from lab.portable_paths import portable
 
 
 def test_project_home_and_temp_paths_become_portable():

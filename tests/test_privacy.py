@@ -9,10 +9,10 @@ import pytest
 
 from client_app.app import app as client_app
 from client_app.node import ClientNode
-from fedmmkt_strategy import privacy
 from fedmmkt_strategy import protocol as P
-from fedmmkt_strategy.inprocess import InProcessGrid
-from fedmmkt_strategy.runner import run_federation
+from fedmmkt_strategy.runs.inprocess import InProcessGrid
+from fedmmkt_strategy.runs.runner import run_federation
+from fedmmkt_strategy.steps import privacy
 
 # -- pure functions
 
@@ -175,7 +175,7 @@ def test_privatized_outputs_cast_to_float16_pass_the_float16_checks():
     rows survive float16 rounding within the server's float16 tolerances."""
     from flwr.app import Array, ArrayRecord, RecordDict
 
-    from fedmmkt_strategy.validation import check_inference_reply
+    from fedmmkt_strategy.federation.validation import check_inference_reply
     from tests.messages import client_description, reply_to
 
     rng = np.random.default_rng(2)

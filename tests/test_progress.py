@@ -1,4 +1,4 @@
-"""Progress of long loops (fedmmkt_strategy/progress.py) and its use by `fedmmkt compare`: the
+"""Progress of long loops (fedmmkt_strategy/reporting/progress.py) and its use by `fedmmkt compare`: the
 estimate of what is left, the log lines where no terminal shows a bar, the bar on a terminal, and
 one progress step plus one headline line per run of a comparison. CPU only, well under a second."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fedmmkt_strategy import compare as cmp
-from fedmmkt_strategy import progress
-from fedmmkt_strategy.progress import (
+from fedmmkt_strategy.cli import compare as cmp
+from fedmmkt_strategy.reporting import progress
+from fedmmkt_strategy.reporting.progress import (
     Progress,
     format_seconds,
     progress_line,

@@ -13,12 +13,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
-from fedmmkt_strategy.factory import build_strategy
-from fedmmkt_strategy.inprocess import InProcessGrid, load_client_app
-from fedmmkt_strategy.results import RunRecorder, make_run_dir
-from fedmmkt_strategy.server_models import load_server_models
-from fedmmkt_strategy.validation import check_inference_reply
-from task_models import domain
+from fedmmkt_strategy.federation.validation import check_inference_reply
+from fedmmkt_strategy.generative.server_models import load_server_models
+from fedmmkt_strategy.reporting.results import RunRecorder, make_run_dir
+from fedmmkt_strategy.runs.inprocess import InProcessGrid, load_client_app
+from fedmmkt_strategy.strategies.factory import build_strategy
+from worlds import domain
 
 REFERENCE = "examples.reference_client.app:app"
 TINY = {

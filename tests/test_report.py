@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmmkt_strategy.report import NOT_RECORDED, REPORT_FILE, ReportError, markdown_to_html, write_report
+from fedmmkt_strategy.reporting.report import NOT_RECORDED, REPORT_FILE, ReportError, markdown_to_html, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -195,7 +195,7 @@ def test_a_comparison_report_holds_its_table_plots_and_runs(tmp_path):
 
 
 def test_the_cli_writes_the_report_and_prints_its_path(tmp_path, capsys):
-    from fedmmkt_strategy.cli import main
+    from fedmmkt_strategy.cli.main import main
 
     run = write_run(tmp_path / "run", make_metrics())
     assert main(["report", str(run)]) == 0
@@ -204,7 +204,7 @@ def test_the_cli_writes_the_report_and_prints_its_path(tmp_path, capsys):
 
 
 def test_a_run_ends_with_its_report(tmp_path):
-    from fedmmkt_strategy.inprocess import run_inprocess
+    from fedmmkt_strategy.runs.inprocess import run_inprocess
 
     tiny = {
         "strategy": "local",
@@ -223,7 +223,7 @@ def test_a_run_ends_with_its_report(tmp_path):
 
 
 def test_a_report_that_fails_never_fails_the_run(tmp_path, monkeypatch):
-    from fedmmkt_strategy import runner
+    from fedmmkt_strategy.runs import runner
 
     def broken(folder: Path) -> Path:
         raise RuntimeError("disk full")

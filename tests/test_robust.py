@@ -5,14 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from fedmmkt_strategy.faults import confident_wrong_votes
-from fedmmkt_strategy.labvote import labvote
-from fedmmkt_strategy.robust import (
+from fedmmkt_strategy.steps.labvote import labvote
+from fedmmkt_strategy.steps.robust import (
     ReliabilityTracker,
     leave_one_out_agreement,
     reliability_weights,
     update_history,
 )
+from lab.faults import confident_wrong_votes
 
 
 def one_hot(labels: list[list[int]], c: int = 3) -> np.ndarray:

@@ -2,10 +2,10 @@ import pytest
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedmmkt_strategy import protocol as P
-from fedmmkt_strategy.inprocess import ensure_task_identity
-from fedmmkt_strategy.replies import collect_replies, require_quorum
-from fedmmkt_strategy.sampling import NodeSampler, QuorumError
-from fedmmkt_strategy.validation import check_metrics_reply
+from fedmmkt_strategy.federation.replies import collect_replies, require_quorum
+from fedmmkt_strategy.federation.sampling import NodeSampler, QuorumError
+from fedmmkt_strategy.federation.validation import check_metrics_reply
+from fedmmkt_strategy.runs.inprocess import ensure_task_identity
 
 
 class FakeClock:

@@ -18,9 +18,11 @@ import client_app.app as client_module
 from client_app.secagg_client import SecAggAbort, step
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import ConfigError, RunConfig
-from fedmmkt_strategy.fusion import aggregate, contrastive_terms, contrastive_weights
-from fedmmkt_strategy.inprocess import InProcessGrid, load_client_app
-from fedmmkt_strategy.labvote import (
+from fedmmkt_strategy.federation.secure_round import check_stage_reply
+from fedmmkt_strategy.runs.inprocess import InProcessGrid, load_client_app
+from fedmmkt_strategy.runs.runner import run_federation
+from fedmmkt_strategy.steps.fusion import aggregate, contrastive_terms, contrastive_weights
+from fedmmkt_strategy.steps.labvote import (
     labvote,
     own_class_weights,
     plain_average,
@@ -28,9 +30,7 @@ from fedmmkt_strategy.labvote import (
     vote_from_terms,
     vote_terms,
 )
-from fedmmkt_strategy.runner import run_federation
-from fedmmkt_strategy.secagg import SCALE, dequantize, masked_vector, reconstruction_threshold, unmask_sum
-from fedmmkt_strategy.secure_round import check_stage_reply
+from fedmmkt_strategy.steps.secagg import SCALE, dequantize, masked_vector, reconstruction_threshold, unmask_sum
 from tests.messages import client_description, reply_to
 
 SESSION = "r1-test"

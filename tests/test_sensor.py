@@ -10,14 +10,14 @@ from flwr.app import ArrayRecord
 
 from client_app.app import app as client_app
 from fedmmkt_strategy.config import ConfigError, RunConfig
-from fedmmkt_strategy.factory import build_strategy
-from fedmmkt_strategy.fusion import CrossModalFusion
-from fedmmkt_strategy.inprocess import InProcessGrid
-from fedmmkt_strategy.results import RunRecorder, make_run_dir
-from task_models import client_data, domain, sensor, splits
-from task_models.modality import to_model_input
+from fedmmkt_strategy.reporting.results import RunRecorder, make_run_dir
+from fedmmkt_strategy.runs.inprocess import InProcessGrid
+from fedmmkt_strategy.steps.fusion import CrossModalFusion
+from fedmmkt_strategy.strategies.factory import build_strategy
 from task_models.registry import ModelSpec, build_task_model
 from task_models.training import infer
+from worlds import client_data, domain, sensor, splits
+from worlds.modality import to_model_input
 
 THREE_MODALITIES = "image:cnn-small,text:bow,sensor:mlp,sensor:mlp-small"
 

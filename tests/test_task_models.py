@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from task_models import client_data, domain, layout, registry, sensor, splits
-from task_models.modality import to_model_input, vocab_size
+from task_models import layout, registry
 from task_models.models import TaskModel
 from task_models.training import (
     DistillTargets,
@@ -16,6 +15,8 @@ from task_models.training import (
     synthetic_schedule,
     train_model,
 )
+from worlds import client_data, domain, sensor, splits
+from worlds.modality import to_model_input, vocab_size
 
 SPEC = registry.ModelSpec(num_classes=24, fusion_dim=16, vocab_size=vocab_size())
 

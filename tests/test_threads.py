@@ -8,8 +8,8 @@ import torch
 from flwr.app import Context, Message, RecordDict
 
 from client_app.app import pin_threads
-from fedmmkt_strategy.inprocess import ensure_task_identity
-from fedmmkt_strategy.runner import use_server_threads
+from fedmmkt_strategy.runs.inprocess import ensure_task_identity
+from fedmmkt_strategy.runs.runner import use_server_threads
 
 
 def test_importing_the_client_app_leaves_the_process_threads_alone():

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from fedmmkt_strategy.config import ConfigError, RunConfig
-from fedmmkt_strategy.results import RunRecorder
-from fedmmkt_strategy.trackers import (
+from fedmmkt_strategy.reporting.results import RunRecorder
+from fedmmkt_strategy.reporting.trackers import (
     TrackerFeed,
     build_trackers,
     client_tag,

@@ -7,7 +7,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 from fedmmkt_strategy import protocol as P
-from fedmmkt_strategy.validation import check_inference_reply
+from fedmmkt_strategy.federation.validation import check_inference_reply
 from tests.messages import client_description, reply_to
 
 N, C, D = 5, 4, 8

@@ -24,14 +24,14 @@ from flwr.clientapp import ClientApp
 
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
-from fedmmkt_strategy.privacy import privatize
-from task_models.client_data import ClientData, load_client_data
+from fedmmkt_strategy.steps.privacy import privatize
 from task_models.layout import NodeRole
-from task_models.modality import to_model_input
 from task_models.models import TaskModel
 from task_models.node_config import parse_node_config, resolve_role
 from task_models.registry import ModelSpec, build_task_model
-from task_models.world import World
+from worlds.client_data import ClientData, load_client_data
+from worlds.modality import to_model_input
+from worlds.world import World
 
 MODEL = "model"  # context.state key: this node's weights (an ArrayRecord of its state_dict)
 POOL = "synthetic"  # context.state key: this node's copy of its modality's synthetic pool

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from fedmmkt_strategy.generative.loading import from_pretrained_or_explain
-from fedmmkt_strategy.progress import track
+from fedmmkt_strategy.reporting.progress import track
 
 
 def build_tiny_captioner(

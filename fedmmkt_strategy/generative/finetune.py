@@ -33,7 +33,7 @@ from fedmmkt_strategy.generative.t2i import (
     _tokenize,
     encode_latent_stats,
 )
-from fedmmkt_strategy.progress import track
+from fedmmkt_strategy.reporting.progress import track
 
 
 @dataclass(frozen=True)

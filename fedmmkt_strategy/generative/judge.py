@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedmmkt_strategy.progress import track
+from fedmmkt_strategy.reporting.progress import track
 from task_models.augment import augment
 
 

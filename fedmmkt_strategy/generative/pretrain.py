@@ -10,13 +10,11 @@ should be useful but clearly imperfect (GenAcc roughly 30-60 %, ALGORITHM.md, "T
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +31,8 @@ from transformers import PreTrainedTokenizerBase
 from fedmmkt_strategy.generative import captioner as cap
 from fedmmkt_strategy.generative import judge as jdg
 from fedmmkt_strategy.generative import quality, t2i
-from task_models import domain, splits
-from task_models.tokenizer import build_tokenizer
+from worlds import domain, splits
+from worlds.tokenizer import build_tokenizer
 
 #: Bump when a recipe changes in a way the spec does not capture, to invalidate old caches.
 RECIPE_VERSION = 2
@@ -146,7 +144,7 @@ def ensure_pretrained(
 def _run_phase(root: Path, name: str, run: Callable[[Path], dict[str, Any]], place: str) -> dict[str, Any]:
     """Run one phase into a private temporary folder and rename it into place; skip if done.
 
-    Its lines go through Flower's logger, like the bars' log lines of `fedmmkt_strategy.progress`:
+    Its lines go through Flower's logger, like the bars' log lines of `fedmmkt_strategy.reporting.progress`:
     the first `flwr run` pre-trains inside the ServerApp, where only Flower's logger is shown."""
     final = root / name
     if final.is_dir():
@@ -297,49 +295,3 @@ def _write_atomic(path: Path, text: str) -> None:
 def _short(meta: dict[str, Any]) -> str:
     scalars = {k: v for k, v in meta.items() if not isinstance(v, (list, dict))}
     return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in scalars.items())
-
-
-BUDGET_FLAGS = ("judge_epochs", "vae_steps", "t2i_steps", "captioner_steps", "eval_per_class", "seed")
-
-
-def parse_args(
-    argv: list[str] | None = None, defaults: PretrainSpec = PretrainSpec()
-) -> tuple[PretrainSpec, argparse.Namespace]:
-    """The spec and options of ``fedmmkt pretrain``; every budget flag defaults to `defaults`' value
-    (the spec the project's run config asks for, when called by the ``fedmmkt`` command)."""
-    parser = argparse.ArgumentParser(
-        prog="fedmmkt pretrain",
-        description="Build the toy world's server models (judge, T2I, captioner) into the cache.",
-    )
-    parser.add_argument("--cache-dir", type=Path, default=None, help=f"cache root ({default_cache_root()})")
-    parser.add_argument("--force", action="store_true", help="discard this spec's cached models and retrain")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument(
-        "--run-config", default="", help="run-config overrides whose server models to build, e.g. 'pretrain-seed=1'"
-    )
-    for field in BUDGET_FLAGS:
-        parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
-    args = parser.parse_args(argv)
-    return dataclasses.replace(defaults, **{f: getattr(args, f) for f in BUDGET_FLAGS}), args
-
-
-def main(argv: list[str] | None = None, defaults: PretrainSpec = PretrainSpec()) -> int:
-    """``fedmmkt pretrain``: build the toy world's server models into the cache and print the report."""
-    spec, args = parse_args(argv, defaults)
-    if args.force:
-        shutil.rmtree((args.cache_dir or default_cache_root()) / spec.key(), ignore_errors=True)
-    models = ensure_pretrained(spec, args.cache_dir, progress=not args.quiet)
-    report = models.load_report()
-    evaluation = report["phases"][EVAL]
-    print(f"T2I pipeline: {models.t2i}\ncaptioner:    {models.captioner}\njudge:        {models.judge}")
-    print(
-        f"GenAcc {evaluation['gen_acc']:.3f}  domain FID {evaluation['fid']:.2f}  "
-        f"({evaluation['num_images']} images, {evaluation['sampler']}); "
-        f"pre-training took {report['total_seconds']:.0f} s in total"
-    )
-    print(f"report: {models.report}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

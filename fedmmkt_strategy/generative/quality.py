@@ -17,7 +17,7 @@ from torch import nn
 
 from fedmmkt_strategy.generative.judge import JudgeCNN, judge_features, judge_predict
 from fedmmkt_strategy.generative.t2i import generate_images
-from task_models import domain
+from worlds import domain
 
 
 def gen_acc(judge: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:

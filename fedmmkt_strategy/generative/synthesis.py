@@ -16,8 +16,8 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from fedmmkt_strategy.generative.captioner import caption_images
 from fedmmkt_strategy.generative.t2i import generate_images
-from task_models import domain
-from task_models.world import World
+from worlds import domain
+from worlds.world import World
 
 #: Prompt templates naming all three class attributes; every word is in `domain.vocabulary()`.
 PROMPT_TEMPLATES: tuple[str, ...] = (

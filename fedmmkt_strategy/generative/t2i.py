@@ -28,7 +28,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
 
 from fedmmkt_strategy.generative.loading import from_pretrained_or_explain
 from fedmmkt_strategy.generative.memory import cuda_batch_size
-from fedmmkt_strategy.progress import track
+from fedmmkt_strategy.reporting.progress import track
 
 #: SD-1.x noise schedule; ``steps_offset``/``clip_sample`` silence diffusers deprecation warnings.
 SCHEDULE = dict(

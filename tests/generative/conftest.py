@@ -7,8 +7,8 @@ import pytest
 
 from fedmmkt_strategy.generative.captioner import build_tiny_captioner, train_captioner
 from fedmmkt_strategy.generative.t2i import build_tiny_pipeline
-from task_models import splits
-from task_models.tokenizer import build_tokenizer
+from worlds import splits
+from worlds.tokenizer import build_tokenizer
 
 TINY_DOMAIN = splits.DomainSpec(public_size=96, reference_per_class=10, test_per_class=2)
 

@@ -9,7 +9,7 @@ from fedmmkt_strategy.generative.captioner import (
     save_captioner,
     train_captioner,
 )
-from task_models.domain import vocabulary
+from worlds.domain import vocabulary
 
 
 def test_captions_are_vocabulary_sentences_one_per_image(trained_captioner, public):

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from fedmmkt_strategy.generative import judge as jdg
-from task_models import domain
 from task_models.augment import augment, gaussian_blur
+from worlds import domain
 
 
 def test_augmentation_blurs_is_seeded_and_keeps_shape(reference):

@@ -13,7 +13,7 @@ from fedmmkt_strategy.generative.finetune import finetune_denoiser
 from fedmmkt_strategy.generative.memory import fit_batch_size
 from fedmmkt_strategy.generative.quality import resize_images
 from fedmmkt_strategy.generative.t2i import generate_images, load_pipeline
-from fedmmkt_strategy.paper_standins import build_blip, build_sd_pipeline, save_clip, save_word_tokenizer
+from lab.paper_standins import build_blip, build_sd_pipeline, save_clip, save_word_tokenizer
 from task_models.registry import ModelSpec, build_task_model
 
 TEXTS = ["a photo of a sweet pea", "a photo of a tiger lily"]

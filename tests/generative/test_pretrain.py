@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedmmkt_strategy.cli import pretrain as pretrain_cli
 from fedmmkt_strategy.generative import pretrain
 from fedmmkt_strategy.generative.captioner import caption_images, load_captioner
 from fedmmkt_strategy.generative.judge import load_judge
 from fedmmkt_strategy.generative.t2i import generate_images, load_pipeline
-from task_models.splits import DomainSpec
+from worlds.splits import DomainSpec
 
 MICRO = pretrain.PretrainSpec(
     domain=DomainSpec(public_size=48, reference_per_class=2, test_per_class=1),
@@ -79,7 +80,7 @@ def test_cache_location_follows_xdg_and_the_spec(tmp_path, monkeypatch):
 
 
 def test_command_line_flags_set_the_budgets():
-    spec, args = pretrain.parse_args(["--t2i-steps", "7", "--vae-steps", "3", "--force", "--cache-dir", "/x"])
+    spec, args = pretrain_cli.parse_args(["--t2i-steps", "7", "--vae-steps", "3", "--force", "--cache-dir", "/x"])
     assert (spec.t2i_steps, spec.vae_steps) == (7, 3)
     assert spec.captioner_steps == pretrain.PretrainSpec().captioner_steps
     assert args.force and args.cache_dir == Path("/x")
@@ -87,14 +88,14 @@ def test_command_line_flags_set_the_budgets():
 
 def test_the_pretrain_command_builds_the_spec_a_run_config_asks_for(monkeypatch):
     """`fedmmkt pretrain --run-config 'pretrain-seed=1 ...'` builds another world's server models."""
-    from fedmmkt_strategy import cli
+    from fedmmkt_strategy.cli.main import main as fedmmkt
     from fedmmkt_strategy.config import RunConfig
-    from fedmmkt_strategy.server_models import pretrain_spec
+    from fedmmkt_strategy.generative.server_models import pretrain_spec
 
     built = []
-    monkeypatch.setattr(pretrain, "ensure_pretrained", lambda spec, *a, **k: built.append(spec) or 1 / 0)
+    monkeypatch.setattr(pretrain_cli, "ensure_pretrained", lambda spec, *a, **k: built.append(spec) or 1 / 0)
     overrides = "pretrain-seed=1 caption-partial-rate=0.5"
     with pytest.raises(ZeroDivisionError):
-        cli.main(["pretrain", "--run-config", overrides, "--t2i-steps", "7"])
+        fedmmkt(["pretrain", "--run-config", overrides, "--t2i-steps", "7"])
     expected = pretrain_spec(RunConfig.from_run_config({"pretrain-seed": 1, "caption-partial-rate": 0.5}))
     assert built[0].domain == expected.domain and built[0].seed == 1 and built[0].t2i_steps == 7

@@ -8,7 +8,7 @@ from torch import nn
 
 from fedmmkt_strategy.generative import quality
 from fedmmkt_strategy.generative.judge import JudgeCNN
-from task_models import domain
+from worlds import domain
 
 
 def _colour_judge() -> nn.Module:

@@ -7,7 +7,7 @@ import pytest
 
 from fedmmkt_strategy.generative import synthesis
 from fedmmkt_strategy.generative.quality import caption_attribute_accuracy
-from task_models import domain
+from worlds import domain
 
 
 @pytest.mark.parametrize("num_samples", [24, 50, 7])

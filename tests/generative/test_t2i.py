@@ -7,7 +7,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from fedmmkt_strategy.generative import t2i
 from fedmmkt_strategy.generative.finetune import finetune_denoiser
-from task_models.domain import class_prompt
+from worlds.domain import class_prompt
 
 PROMPTS = [class_prompt(0), class_prompt(7), class_prompt(13), class_prompt(23)]
 
