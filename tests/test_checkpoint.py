@@ -172,12 +172,12 @@ def test_a_damaged_checkpoint_fails_with_one_line_naming_resume_and_the_file(tmp
 
 
 def test_a_checkpoint_of_the_wrong_state_changes_nothing_in_the_folder(tmp_path):
-    from fedmmkt_strategy.runs.runner import resume_federation
+    from fedmmkt_strategy.runs.runner import start_resumed
 
     config = RunConfig(strategy="local", resume=str(tmp_path), results_dir=str(tmp_path))
     state = {"round": 1, "config": config.as_run_config(), "rng": {}, "recorder": {"rounds": 3}, "strategy": {}}
     ckpt.save_checkpoint(tmp_path, state)
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     with pytest.raises(ConfigError, match="does not hold the state of a local run"):
-        resume_federation(None, config)
+        start_resumed(config, None)
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before

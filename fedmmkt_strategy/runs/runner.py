@@ -48,32 +48,36 @@ def use_server_threads(threads: int) -> None:
 
 
 def run_federation(grid: Grid, run_config: Mapping[str, Any], models: ServerModels | None = None) -> Path:
-    """Run `num-server-rounds` rounds of the configured strategy; return the results folder."""
+    """Run `num-server-rounds` rounds of the configured strategy; return the results folder.
+
+    A fresh run and a resumed one differ only in how the recorder and the strategy are set up
+    (`start_fresh`, `start_resumed`); both then go through the same round loop, `run_rounds`, on
+    the same per-phase timeout grid."""
     config = effective_config(RunConfig.from_run_config(run_config))  # a bad value stops here, before any work
     use_server_threads(config.server_threads)
-    if config.resume:
-        return resume_federation(grid, config, models)
+    recorder, strategy, first = (start_resumed if config.resume else start_fresh)(config, models)
+    try:
+        timed = PhaseTimeoutGrid(grid, phase_timeouts(config))
+        run_rounds(strategy, timed, first, config.num_server_rounds, config.round_timeout)
+    finally:
+        recorder.close()
+    log(INFO, "results: %s (metrics.json, metrics.csv, accuracy.png, samples/, tensorboard/)", recorder.run_dir)
+    write_run_report(recorder.run_dir)
+    return recorder.run_dir
+
+
+def start_fresh(config: RunConfig, models: ServerModels | None) -> tuple[RunRecorder, FederatedStrategy, int]:
+    """A new results folder, its recorder and trackers, and the strategy; the run starts at round 1."""
     run_dir = make_run_dir(config.results_path, config.strategy, config.run_name)
     recorder = RunRecorder(run_dir, config.as_run_config(), config.strategy)
     log(INFO, "results will be written to %s", run_dir)
     recorder.feed = TrackerFeed(build_trackers(config.tracker_names, run_dir, recorder.config), run_dir)
-    strategy = build_strategy(config, recorder, models)
-    try:
-        strategy.start(
-            grid=PhaseTimeoutGrid(grid, phase_timeouts(config)),
-            initial_arrays=ArrayRecord(),
-            num_rounds=config.num_server_rounds,
-            timeout=config.round_timeout,
-        )
-    finally:
-        recorder.close()
-    log(INFO, "results: %s (metrics.json, metrics.csv, accuracy.png, samples/, tensorboard/)", run_dir)
-    write_run_report(run_dir)
-    return run_dir
+    return recorder, build_strategy(config, recorder, models), 1
 
 
-def resume_federation(grid: Grid, config: RunConfig, models: ServerModels | None = None) -> Path:
-    """Continue the run named by `resume` after its last complete round, in its results folder.
+def start_resumed(config: RunConfig, models: ServerModels | None) -> tuple[RunRecorder, FederatedStrategy, int]:
+    """The run named by `resume`, restored from its checkpoint; it continues after its last
+    complete round, in its results folder.
 
     The server's state (models, pool, history, metrics, random states) is restored exactly; the
     config may differ only in keys that do not change results (`checkpoint.RESUMABLE_KEYS`).
@@ -98,14 +102,7 @@ def resume_federation(grid: Grid, config: RunConfig, models: ServerModels | None
     except _STATE_ERRORS as err:
         raise _damaged(run_dir, config, err) from None
     log(INFO, "resuming %s after round %d of %d", run_dir, completed, config.num_server_rounds)
-    try:
-        timed = PhaseTimeoutGrid(grid, phase_timeouts(config))  # the same per-phase waits as a fresh run
-        run_rounds(strategy, timed, completed + 1, config.num_server_rounds, config.round_timeout)
-    finally:
-        recorder.close()
-    log(INFO, "results: %s (metrics.json, metrics.csv, accuracy.png, samples/, tensorboard/)", run_dir)
-    write_run_report(run_dir)
-    return run_dir
+    return recorder, strategy, completed + 1
 
 
 def write_run_report(run_dir: Path) -> None:
@@ -132,7 +129,8 @@ def _damaged(run_dir: Path, config: RunConfig, err: Exception) -> ConfigError:
 
 def run_rounds(strategy: FederatedStrategy, grid: Grid, first: int, last: int, timeout: float) -> None:
     """Rounds `first`..`last` in the order of Flower's `Strategy.start` (train phase, then
-    evaluate phase), which always begins at round 1 and so cannot continue a run."""
+    evaluate phase). Not `start` itself: it always begins at round 1, so it cannot continue a
+    resumed run, and one loop for both keeps their behaviour (timeouts, logging) the same."""
     strategy.summary()
     arrays = ArrayRecord()
     for server_round in range(first, last + 1):
