@@ -34,52 +34,30 @@ from bench_common import ROOT, write_result
 from round_breakdown import breakdown
 
 sys.path.insert(0, str(ROOT))
-from tests.flower_cli import BIN, flower_env, free_port, start, stop, wait_for_port, wait_for_run  # noqa: E402
+from fedmmkt_strategy.cli.flower_processes import BIN, flower_env, own_superlink  # noqa: E402
+from fedmmkt_strategy.config import load_preset  # noqa: E402
 
-#: The test suite's micro server models and tiny federation (tests/conftest.py), as overrides.
-MICRO = (
-    "pretrain-judge-epochs=1 pretrain-vae-steps=10 pretrain-t2i-steps=10 pretrain-captioner-steps=10 "
-    "pretrain-eval-per-class=1 synthetic-size=48 sampling-steps=2 t2i-eval-per-class=1 t2i-final-eval-per-class=1 "
-    "t2i-steps-per-round=2 fusion-steps=3 num-server-rounds=2 pool-size=480 test-per-class=2 local-epochs=1 "
-    "client-warmup-epochs=1 "
-    "node-settle=0.5 client-layout='image:cnn-small,text:bow'"
+#: The test suite's micro server models (presets/micro-server.toml) and a tiny federation, as overrides.
+MICRO = " ".join(
+    f"{key}={value!r}" if isinstance(value, str) else f"{key}={str(value).lower()}"
+    for key, value in {
+        **load_preset("micro-server"),
+        "client-warmup-epochs": 1,
+        "num-server-rounds": 2,
+        "pool-size": 480,
+        "test-per-class": 2,
+        "local-epochs": 1,
+        "node-settle": 0.5,
+        "client-layout": "image:cnn-small,text:bow",
+    }.items()
 )
 QUICK_COMPARE = "local,fedmmkt"
 
 
-def superlink(tmp: Path) -> tuple[subprocess.Popen, dict[str, str]]:
-    """A simulation SuperLink on a free port; FLWR_HOME's default connection points at it."""
-    port = free_port()
-    home = tmp / "flwr-home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "e2e"\n\n[superlink.e2e]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
-    env = flower_env(home)
-    proc = start(
-        [
-            str(BIN / "flower-superlink"),
-            "--insecure",
-            "--simulation",
-            "--disable-runtime-dependency-installation",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--database",
-            str(tmp / "state.db"),
-        ],
-        env,
-        tmp / "superlink.log",
-    )
-    wait_for_port(port)
-    return proc, env
-
-
 def time_flwr_run(tmp: Path, run_config: str, timeout: float) -> dict[str, Any]:
     """Wall time of `flwr run . --federation-config simulation.toml --stream` and its final status."""
-    proc, env = superlink(tmp)
-    try:
+    with own_superlink(tmp, connection="e2e") as link:
+        env = link.env
         cmd = [str(BIN / "flwr"), "run", ".", "--federation-config", "simulation.toml", "--stream"]
         cmd += ["--run-config", run_config]
         print("$ " + " ".join(cmd), flush=True)
@@ -92,9 +70,7 @@ def time_flwr_run(tmp: Path, run_config: str, timeout: float) -> dict[str, Any]:
             [str(BIN / "flwr"), "ls", "--format", "json"], env=env, capture_output=True, text=True, check=True
         )
         run_id = int(json.loads(listing.stdout)["runs"][-1]["run-id"])
-        status, details = wait_for_run("e2e", run_id, env, timeout=60)
-    finally:
-        stop(proc)
+        status, details = link.wait_for_run(run_id, timeout=60)
     return {
         "command": " ".join(cmd),
         "exit_code": done.returncode,

@@ -28,10 +28,7 @@ import numpy as np  # noqa: E402
 
 from fedmmkt_strategy import protocol as P  # noqa: E402
 from fedmmkt_strategy.cli.compare import variant_config  # noqa: E402
-from fedmmkt_strategy.config import (
-    RunConfig,  # noqa: E402
-    project_defaults,  # noqa: E402
-)
+from fedmmkt_strategy.config import RunConfig, load_preset, project_defaults  # noqa: E402
 from fedmmkt_strategy.generative.judge import judge_predict  # noqa: E402
 from fedmmkt_strategy.generative.pretrain import CAPTIONER, JUDGE, VAE, default_cache_root  # noqa: E402
 from fedmmkt_strategy.generative.server_models import pretrain_spec  # noqa: E402
@@ -39,27 +36,13 @@ from fedmmkt_strategy.reporting.progress import say  # noqa: E402
 from fedmmkt_strategy.runs.inprocess import run_inprocess  # noqa: E402
 from fedmmkt_strategy.strategies.fedmmkt import FedMMKT  # noqa: E402
 
-#: Micro sizes for --quick: the same keys as tests/conftest.py (MICRO_SERVER, TINY_FEDERATION).
+#: Micro sizes for --quick: the tests' (presets/micro-server.toml, presets/micro-federation.toml),
+#: one warm-up epoch, and every vote kept (micro models are near-uniform: later steps need rows).
 QUICK: dict[str, Any] = {
-    "pretrain-judge-epochs": 1,
-    "pretrain-vae-steps": 10,
-    "pretrain-t2i-steps": 10,
-    "pretrain-captioner-steps": 10,
-    "pretrain-eval-per-class": 1,
-    "synthetic-size": 48,
-    "sampling-steps": 2,
-    "t2i-eval-per-class": 1,
-    "t2i-final-eval-per-class": 1,
-    "t2i-steps-per-round": 2,
-    "fusion-steps": 3,
-    "client-layout": "image:cnn,text:bow,image:cnn-small,text:gru",
-    "pool-size": 480,
-    "test-per-class": 2,
-    "local-epochs": 1,
+    **load_preset("micro-server"),
+    **load_preset("micro-federation"),
     "client-warmup-epochs": 1,
-    "node-settle": 0.0,
-    "num-server-rounds": 2,
-    "labvote-beta": 1.0,  # micro models are near-uniform: keep every vote so later steps have rows
+    "labvote-beta": 1.0,
 }
 QUICK_NODES = 4
 

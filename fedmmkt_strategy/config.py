@@ -338,3 +338,29 @@ def project_defaults() -> dict:
     if not pyproject.exists():
         return {}
     return tomllib.loads(pyproject.read_text()).get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
+
+
+#: Where the presets are: inside the package in a wheel (pyproject's force-include), else the
+#: repository's top-level `presets/` (an editable install or a checkout).
+PRESET_DIRS = (Path(__file__).parent / "presets", Path(__file__).resolve().parents[1] / "presets")
+
+
+def preset_path(name: str) -> Path:
+    """The file of preset `name` (`presets/<name>.toml`), or a ConfigError listing the presets there are."""
+    for folder in PRESET_DIRS:
+        path = folder / f"{name}.toml"
+        if path.is_file():
+            return path
+    known = sorted({p.stem for folder in PRESET_DIRS if folder.is_dir() for p in folder.glob("*.toml")})
+    raise ConfigError(f"no preset {name!r} (presets/{name}.toml); there are: {', '.join(known) or 'none'}")
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """One preset file as a dict: run-config keys for the flat ones (e.g. `micro-server`, also
+    usable as `flwr run . --run-config presets/micro-server.toml`), tables for `variants` and
+    `comparisons`. The one loader of every size set, variant and comparison the project names."""
+    path = preset_path(name)
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None

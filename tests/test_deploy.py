@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import ssl
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from cryptography.hazmat.primitives import serialization
 from fedmmkt_strategy.cli.deploy import (
     CONNECTION,
     DeploySettings,
-    flower_env,
-    is_running,
     load_state,
     online_nodes,
     recorded_pids,
@@ -29,9 +26,9 @@ from fedmmkt_strategy.cli.deploy import (
     stop_deployment,
     supernode_command,
 )
+from fedmmkt_strategy.cli.flower_processes import flower_env, free_port, is_running, submit_run, wait_for_run
 from fedmmkt_strategy.cli.pki import make_node_key, make_server_credentials
 from tests.conftest import MICRO_SERVER
-from tests.flower_cli import BIN, free_port, wait_for_run
 
 ROOT = Path(__file__).resolve().parents[1]
 #: One node per modality, the cheapest models: neither is the runs' own client-layout ("image:cnn"
@@ -83,16 +80,7 @@ def _wait_for_exit(pid: int, timeout: float) -> bool:
 
 
 def _submit(env: dict[str, str], run_config: str) -> int:
-    out = subprocess.run(
-        [str(BIN / "flwr"), "run", ".", CONNECTION, "--run-config", run_config, "--format", "json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return int(json.loads(out.stdout)["run-id"])
+    return submit_run(env, ROOT, CONNECTION, run_config)
 
 
 @pytest.fixture()

@@ -7,14 +7,13 @@ SuperLink's start-up once."""
 from __future__ import annotations
 
 import json
-import subprocess
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fedmmkt_strategy.cli.flower_processes import SuperLink, own_superlink
 from tests.conftest import MICRO_SERVER
-from tests.flower_cli import BIN, flower_env, free_port, start, stop, wait_for_port, wait_for_run
 
 ROOT = Path(__file__).resolve().parents[1]
 #: simulation.toml's 8 SuperNodes cycle over this layout: both modalities, only the cheapest models
@@ -26,78 +25,16 @@ TINY = (
 )
 
 
-@dataclass(frozen=True)
-class SuperLink:
-    """The environment of Flower CLIs whose connection 'ci' points at the SuperLink, and its log."""
-
-    env: dict[str, str]
-    log: Path
-
-    def wait_for_run(self, run_id: int, timeout: float) -> tuple[str, str]:
-        return wait_for_run("ci", run_id, self.env, timeout, superlink_log=self.log)
-
-
 @pytest.fixture(scope="module")
-def superlink(tmp_path_factory) -> SuperLink:
+def superlink(tmp_path_factory) -> Iterator[SuperLink]:
     """A simulation SuperLink on a free loopback port, and a FLWR_HOME whose connection 'ci' points at it."""
-    tmp_path = tmp_path_factory.mktemp("superlink")
-    port = free_port()
-    home = tmp_path / "flwr-home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "ci"\n\n[superlink.ci]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
-    env = flower_env(home)
-    proc = start(
-        [
-            str(BIN / "flower-superlink"),
-            "--insecure",
-            "--simulation",
-            "--disable-runtime-dependency-installation",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--database",
-            str(tmp_path / "state.db"),
-        ],
-        env,
-        tmp_path / "superlink.log",
-    )
-    try:
-        wait_for_port(port)
-        yield SuperLink(env, tmp_path / "superlink.log")
-    finally:
-        stop(proc)
-
-
-def _submit(env: dict[str, str], run_config: str) -> int:
-    out = subprocess.run(
-        [
-            str(BIN / "flwr"),
-            "run",
-            ".",
-            "ci",
-            "--federation-config",
-            "simulation.toml",
-            "--run-config",
-            run_config,
-            "--format",
-            "json",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return int(json.loads(out.stdout)["run-id"])
+    with own_superlink(tmp_path_factory.mktemp("superlink"), connection="ci") as link:
+        yield link
 
 
 def test_flwr_run_of_fedmmkt_completes_and_writes_results(superlink: SuperLink, tmp_path: Path, micro_cache: str):
     results = tmp_path / "results"
-    run_id = _submit(superlink.env, f'{TINY} cache-dir="{micro_cache}" results-dir="{results}" run-name="smoke"')
+    run_id = superlink.submit(ROOT, f'{TINY} cache-dir="{micro_cache}" results-dir="{results}" run-name="smoke"')
     status, details = superlink.wait_for_run(run_id, timeout=480)
     assert status == "finished:completed", details
     metrics = json.loads((results / "smoke" / "metrics.json").read_text())
@@ -109,7 +46,7 @@ def test_flwr_run_of_fedmmkt_completes_and_writes_results(superlink: SuperLink, 
 
 
 def test_bad_run_config_fails_the_run(superlink: SuperLink, tmp_path: Path):
-    run_id = _submit(superlink.env, f'dirichlet-alpha=-1.0 results-dir="{tmp_path}"')
+    run_id = superlink.submit(ROOT, f'dirichlet-alpha=-1.0 results-dir="{tmp_path}"')
     status, details = superlink.wait_for_run(run_id, timeout=120)
     assert status == "finished:failed"
     assert "dirichlet-alpha" in details

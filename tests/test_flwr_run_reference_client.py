@@ -4,26 +4,25 @@ reference client is built into a FAB and run on 4 simulated SuperNodes; the run 
 `finished:completed` with no reply rejected by the server (`failures` in metrics.json empty).
 
 Like tests/test_flwr_run.py, these start real processes (a SuperLink, Ray, the ServerApp) and
-take a minute or more each; every port is a free one (tests/flower_cli.py)."""
+take a minute or more each; every port is a free one (fedmmkt_strategy/cli/flower_processes.py)."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from fedmmkt_strategy.cli.flower_processes import SuperLink, own_superlink
 from tests.conftest import MICRO_SERVER
-from tests.flower_cli import BIN, SuperLink, own_superlink
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = 'clientapp = "client_app.app:app"'
 REFERENCE = 'clientapp = "examples.reference_client.app:app"'
 #: What the copy of the app holds: the apps' code, the config and the reference client.
 APP_FILES = ("pyproject.toml", "README.md", ".gitignore", "simulation.toml")
-APP_PACKAGES = ("server_app", "client_app", "fedmmkt_strategy", "task_models", "examples")
+APP_PACKAGES = ("server_app", "client_app", "fedmmkt_strategy", "task_models", "worlds", "examples")
 FEDERATION = (
     'num-supernodes=4 client-resources-num-cpus=1 init-args-logging-level="ERROR" init-args-log-to-driver=false'
 )
@@ -55,13 +54,6 @@ def reference_app(tmp_path_factory) -> Path:
     return app
 
 
-def _submit(link: SuperLink, app: Path, run_config: str) -> int:
-    cmd = [str(BIN / "flwr"), "run", ".", link.connection, "--federation-config", FEDERATION]
-    cmd += ["--run-config", run_config, "--format", "json"]
-    out = subprocess.run(cmd, cwd=app, env=link.env, capture_output=True, text=True, check=True, timeout=120)
-    return int(json.loads(out.stdout)["run-id"])
-
-
 # fedmmkt only: its messages are the whole protocol (queries, targets, evaluation); fedavg's weight
 # exchange runs in-process in tests/test_reference_client.py, and every real run costs CI minutes
 @pytest.mark.parametrize("strategy", ["fedmmkt"])
@@ -70,7 +62,7 @@ def test_flwr_run_of_the_reference_client_completes_with_every_reply_accepted(
 ):
     results = tmp_path / "results"
     run_config = f'{TINY} strategy="{strategy}" cache-dir="{micro_cache}" results-dir="{results}" run-name="ref"'
-    run_id = _submit(superlink, reference_app, run_config)
+    run_id = superlink.submit(reference_app, run_config, federation_config=FEDERATION)
     status, details = superlink.wait_for_run(run_id, timeout=480)
     assert status == "finished:completed", details
     metrics = json.loads((results / "ref" / "metrics.json").read_text())

@@ -24,40 +24,15 @@ import numpy as np  # noqa: E402
 from flwr.common.config import parse_config_args  # noqa: E402
 from flwr.common.logger import log  # noqa: E402
 
-from fedmmkt_strategy.config import RunConfig  # noqa: E402
+from fedmmkt_strategy.config import RunConfig, load_preset  # noqa: E402
 from fedmmkt_strategy.generative.server_models import load_server_models  # noqa: E402
 from fedmmkt_strategy.reporting.progress import Progress  # noqa: E402
 from fedmmkt_strategy.runs.inprocess import run_inprocess  # noqa: E402
 
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "fedmmkt-no-labvote": {"strategy": "fedmmkt", "use-labvote": False},
-    "fedmmkt-no-contrastive": {"strategy": "fedmmkt", "use-contrastive-aggregation": False},
-    "fedmmkt-no-cross-attention": {"strategy": "fedmmkt", "use-cross-attention": False},
-    "fedmmkt-no-t2i-update": {"strategy": "fedmmkt", "use-t2i-update": False},
-}
-#: Same-architecture clients, so `fedavg` actually averages on both modalities (in the default
-#: layout every image client has its own architecture, and `fedavg` is `local` there).
-HOMOGENEOUS_LAYOUT = "image:cnn,image:cnn,image:cnn,image:cnn,text:gru,text:gru,text:gru,text:gru"
-#: Named variants beyond the strategies: the paper's exact LabVote (every vote under the entropy
-#: threshold counts, weighted by 1 - h, labels from the votes alone), the homogeneous-layout
-#: references, and the ablations of `fedmmkt`.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "fedmmkt-paper": {
-        "strategy": "fedmmkt",
-        "labvote-class-weights": "none",
-        "labvote-prompt-mix": 0.0,
-        "t2i-pairs": "voted",
-    },
-    "local-homogeneous": {"strategy": "local", "client-layout": HOMOGENEOUS_LAYOUT},
-    "fedavg-homogeneous": {"strategy": "fedavg", "client-layout": HOMOGENEOUS_LAYOUT},
-    **ABLATIONS,
-}
-BASELINES = ["local", "fedavg", "fedmd", "creamfl", "self-ft", "fedmmkt-paper", "fedmmkt"]
-#: The second toy world of the committed comparison (docs/results/full-world2): other client pools
-#: and test sets (world seeds 10-12 in place of 0-2), another public split with other confused
-#: classes and its own pre-trained server models (pretrain-seed 1), more ambiguous captions (half
-#: of them partial instead of 40 %) and another label skew.
-WORLD2 = {"pretrain-seed": 1, "dirichlet-alpha": 0.2, "caption-partial-rate": 0.5}
+#: Named variants beyond the strategies (presets/variants.toml): the paper's exact LabVote
+#: (`fedmmkt-paper`), the homogeneous-layout references and the ablations of `fedmmkt`.
+VARIANTS: dict[str, dict[str, Any]] = load_preset("variants")
+ABLATIONS = [name for name in VARIANTS if name.startswith("fedmmkt-no-")]
 
 
 @dataclass(frozen=True)
@@ -70,26 +45,20 @@ class Preset:
     num_nodes: int = 8
 
 
-FULL = BASELINES + ["local-homogeneous", "fedavg-homogeneous"] + list(ABLATIONS)
-PRESETS: dict[str, Preset] = {
-    # a few minutes: every strategy once, small synthetic set, two rounds
-    "smoke": Preset(
-        BASELINES,
-        [0],
-        {
-            "num-server-rounds": 2,
-            "synthetic-size": 96,
-            "t2i-eval-per-class": 2,
-            "t2i-final-eval-per-class": 4,
-            "pool-size": 2000,
-        },
-    ),
-    # the committed comparison (docs/results/full): every strategy, the homogeneous-layout
-    # references and the ablations, three seeds, default sizes (5 rounds, GenAcc on 480 images)
-    "full": Preset(FULL, [0, 1, 2], {"checkpoint": False, "t2i-final-eval-per-class": 20}),
-    # the same on the second world (docs/results/full-world2), nothing retuned
-    "full-world2": Preset(FULL, [10, 11, 12], {"checkpoint": False, "t2i-final-eval-per-class": 20, **WORLD2}),
-}
+def load_comparisons() -> dict[str, Preset]:
+    """The comparisons of presets/comparisons.toml (`smoke`, `full`, `full-world2`, ...)."""
+    return {
+        name: Preset(
+            variants=list(table["variants"]),
+            seeds=[int(s) for s in table["seeds"]],
+            overrides=dict(table.get("run-config", {})),
+            num_nodes=int(table.get("num-nodes", 8)),
+        )
+        for name, table in load_preset("comparisons").items()
+    }
+
+
+PRESETS: dict[str, Preset] = load_comparisons()
 
 
 def variant_config(variant: str) -> dict[str, Any]:

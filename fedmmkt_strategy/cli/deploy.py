@@ -15,31 +15,35 @@ Everything lives in one folder: `deployment.json` (pids, ports, node ids), `logs
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fedmmkt_strategy.cli.flower_processes import (
+    BIN,
+    FlowerProcessError,
+    flower_env,
+    is_running,
+    launch,
+    stop_process,
+    wait_for_port,
+    write_connection,
+)
 from fedmmkt_strategy.cli.pki import LOOPBACK_NAMES, make_node_key, make_server_credentials
 from task_models.layout import parse_layout
 from task_models.node_config import deployment_node_configs, format_node_config
 
 CONNECTION = "fedmmkt-deploy"
 STATE_FILE = "deployment.json"
-BIN = Path(sys.executable).parent
-#: Every Flower process started here; `stop` refuses to signal a recycled pid running anything else.
-FLOWER_PROGRAMS = ("flower-superlink", "flower-supernode")
 
 
-class DeployError(RuntimeError):
-    """The deployment could not start or stop; the message says what to look at."""
+class DeployError(FlowerProcessError):
+    """The deployment could not start or stop; the message says what to look at. (A process that
+    does not come up raises its parent, `FlowerProcessError`, which `fedmmkt deploy` reports alike.)"""
 
 
 class DeploySettings(BaseModel):
@@ -61,31 +65,6 @@ class DeploySettings(BaseModel):
     def _layout_is_valid(cls, value: str) -> str:
         parse_layout(value)
         return value
-
-
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment of every Flower process: its own FLWR_HOME, the venv's binaries first on PATH,
-    and no runtime dependency installation (it would build a fresh environment per run)."""
-    env = dict(os.environ)
-    env.update(
-        FLWR_HOME=str(flwr_home),
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        FLWR_TELEMETRY_ENABLED="0",
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-    )
-    return env
-
-
-def write_connection(flwr_home: Path, address: str, ca_cert: Path | None) -> Path:
-    """A FLWR_HOME config.toml whose default connection is this deployment."""
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    security = f'root-certificates = "{ca_cert.resolve()}"' if ca_cert else "insecure = true"
-    path = flwr_home / "config.toml"
-    path.write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n'
-    )
-    return path
 
 
 def superlink_command(settings: DeploySettings, certs: Path | None) -> list[str]:
@@ -125,29 +104,6 @@ def supernode_command(
     return cmd
 
 
-def launch(cmd: list[str], env: dict[str, str], log: Path) -> int:
-    """Start a detached process in its own session (so `stop` can signal its children too)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    return proc.pid
-
-
-def wait_for_port(port: int, timeout: float, pid: int | None = None) -> None:
-    """Wait until something listens on 127.0.0.1:`port`; fail early if `pid` died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pid is not None and not is_running(pid):
-            raise DeployError(f"process {pid} exited before listening on port {port}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise DeployError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
-
-
 def register_node(public_key: Path, env: dict[str, str]) -> int:
     """Register a SuperNode public key with the SuperLink; return the node id it assigns."""
     done = subprocess.run(
@@ -177,60 +133,6 @@ def online_nodes(env: dict[str, str]) -> list[int]:
     except (ValueError, KeyError):
         return []
     return [int(n["node-id"]) for n in nodes if n["status"] == "online"]
-
-
-def is_running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    return state != "Z"
-
-
-def _is_flower_process(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return is_running(pid)  # no /proc (macOS): trust the recorded pid
-    return any(program in cmdline for program in FLOWER_PROGRAMS)
-
-
-def stop_process(pid: int, grace: float = 10.0) -> bool:
-    """SIGTERM the process group led by `pid` (the process and its app subprocesses), SIGKILL
-    after `grace` seconds. Returns False when there was nothing of ours to stop."""
-    if not is_running(pid) or not _is_flower_process(pid):
-        _reap(pid)
-        return False
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and is_running(pid):
-        time.sleep(0.2)
-    if is_running(pid):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and is_running(pid):
-            time.sleep(0.1)
-    _reap(pid)
-    return True
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status when `pid` is our child (started in this process), so no zombie stays."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def load_state(folder: Path) -> dict[str, Any]:
@@ -263,7 +165,7 @@ def start_supernode(
     ca = Path(state["ca-cert"]) if state["ca-cert"] else None
     cmd = supernode_command(state["address"], node["port"], format_node_config(node_config), ca, key)
     # Each node gets its own FLWR_HOME: nodes unpack the app bundle there, and must not race.
-    node["pid"] = launch(cmd, flower_env(folder / "nodes" / name), Path(node["log"]))
+    node["pid"] = launch(cmd, flower_env(folder / "nodes" / name), Path(node["log"])).pid
     state["supernodes"].append(node)
     _save_state(folder, state)
     return node
@@ -291,10 +193,10 @@ def start_deployment(settings: DeploySettings) -> dict[str, Any]:
         "supernodes": [],
     }
     env = flower_env(folder / "flwr-home")
-    write_connection(folder / "flwr-home", address, creds.ca_cert if creds else None)
+    write_connection(folder / "flwr-home", CONNECTION, address, creds.ca_cert if creds else None)
     try:
         log = folder / "logs" / "superlink.log"
-        pid = launch(superlink_command(settings, creds.ca_cert.parent if creds else None), env, log)
+        pid = launch(superlink_command(settings, creds.ca_cert.parent if creds else None), env, log).pid
         state["superlink"] = {"pid": pid, "log": str(log), "port": settings.port}
         _save_state(folder, state)
         wait_for_port(settings.port, settings.startup_timeout, pid)

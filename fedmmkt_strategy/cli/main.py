@@ -67,12 +67,12 @@ def compare_main(argv: list[str]) -> int:
 
 def deploy_main(argv: list[str]) -> int:
     from fedmmkt_strategy.cli.deploy import (
-        DeployError,
         DeploySettings,
         start_deployment,
         stop_deployment,
         submit_instructions,
     )
+    from fedmmkt_strategy.cli.flower_processes import FlowerProcessError
 
     parser = argparse.ArgumentParser(prog="fedmmkt deploy", description="Real Flower processes on loopback.")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -118,7 +118,7 @@ def deploy_main(argv: list[str]) -> int:
             node_port_base=args.node_port_base,
         )
         print(submit_instructions(start_deployment(settings)))
-    except (ValueError, DeployError) as err:  # pydantic's ValidationError is a ValueError naming the option
+    except (ValueError, FlowerProcessError) as err:  # DeployError is one; ValidationError a ValueError
         print(f"fedmmkt deploy: {err}", file=sys.stderr)
         return 1
     return 0
