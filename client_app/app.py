@@ -19,9 +19,9 @@ from client_app.node import ClientNode
 from client_app.secagg_client import STATE as SECAGG_STATE
 from client_app.secagg_client import SecAggAbort
 from client_app.secagg_client import step as secure_step
-from client_app.synthetic_cache import cached_synthetic, update_synthetic_cache
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
+from fedmmkt_strategy.pool_sync import apply_pool_update, cached_synthetic
 from fedmmkt_strategy.steps.fusion import contrastive_terms
 from fedmmkt_strategy.steps.labvote import own_class_weights, vote_terms
 from fedmmkt_strategy.steps.privacy import privatize
@@ -70,7 +70,7 @@ def _node(msg: Message, context: Context) -> ClientNode:
 def _synthetic_inputs(node: ClientNode, msg: Message, context: Context) -> torch.Tensor:
     """This modality's synthetic inputs: the cached pool, updated with the rows the message carries."""
     if P.SYNTHETIC in msg.content.array_records:
-        update_synthetic_cache(context.state, msg.content[P.SYNTHETIC])
+        apply_pool_update(context.state, msg.content[P.SYNTHETIC])
         node.persist(context)  # a restarted node then holds the pool, and gets only new rows
     return node.model_input(cached_synthetic(context.state, node.role.modality))
 

@@ -18,9 +18,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 
 from client_app.persistence import read_state, restore_synthetic, state_file, state_root, synthetic_arrays, write_state
-from client_app.synthetic_cache import CACHE as SYNTHETIC_CACHE
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
+from fedmmkt_strategy.pool_sync import CACHE as SYNTHETIC_CACHE
 from task_models.augment import augment
 from task_models.calibration import fit_temperature
 from task_models.device import resolve_client_device

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"worlds"},
     {"task_models"},
     {"fedmmkt_strategy", "fedmmkt_strategy.protocol", "fedmmkt_strategy.reporting"},
-    {"fedmmkt_strategy.config"},
+    {"fedmmkt_strategy.config", "fedmmkt_strategy.pool_sync"},
     {"fedmmkt_strategy.steps", "fedmmkt_strategy.generative"},
     {"fedmmkt_strategy.federation"},
     {"fedmmkt_strategy.strategies", "client_app"},
@@ -37,7 +37,11 @@ def unit_of(module: str) -> str | None:
         return None
     if parts[0] != "fedmmkt_strategy" or len(parts) == 1:
         return parts[0]
-    return f"fedmmkt_strategy.{parts[1]}" if parts[1] in GROUPED + ("config", "protocol") else "fedmmkt_strategy"
+    return (
+        f"fedmmkt_strategy.{parts[1]}"
+        if parts[1] in GROUPED + ("config", "protocol", "pool_sync")
+        else "fedmmkt_strategy"
+    )
 
 
 def layer_of(unit: str) -> int:

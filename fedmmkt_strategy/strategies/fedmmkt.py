@@ -54,6 +54,7 @@ from fedmmkt_strategy.generative.synthesis import (
     world_prompts,
 )
 from fedmmkt_strategy.generative.t2i import denoiser_state, load_denoiser_state
+from fedmmkt_strategy.pool_sync import encode_pool_update, parts_for, rows_to_send
 from fedmmkt_strategy.reporting.results import RunRecorder
 from fedmmkt_strategy.steps.fusion import (
     CrossModalFusion,
@@ -195,20 +196,16 @@ class FedMMKT(FederatedStrategy):
     def _pool_update(self, server_round: int, node: int) -> ArrayRecord:
         """The pool rows this node lacks, of its modality (every modality if still unknown)."""
         assert self.pool is not None
-        known = self.node_pool_round.get(node)
-        rows = np.arange(len(self.pool)) if known is None else np.flatnonzero(self.pool.generation_round > known)
-        modality = self.clients.get(node, {}).get(P.MODALITY)
-        record = ArrayRecord(
-            {P.ROWS: Array(rows.astype(np.int64)), P.POOL_SIZE: Array(np.array([len(self.pool)], np.int64))}
+        rows = rows_to_send(self.pool.generation_round, self.node_pool_round.get(node))
+        parts = parts_for(self.clients.get(node, {}).get(P.MODALITY), self._has_sensor_clients())
+        return encode_pool_update(
+            rows,
+            len(self.pool),
+            # the T2I model may render larger than the clients' inputs (SD: 512 px)
+            images=resize_images(self.pool.images[rows], self.config.image_size) if "image" in parts else None,
+            captions=[self.pool.captions[i] for i in rows] if "text" in parts else None,
+            sensors=self._pool_sensors(rows) if "sensor" in parts else None,
         )
-        if modality in (None, "image"):
-            images = resize_images(self.pool.images[rows], self.config.image_size)  # SD renders larger
-            record[P.IMAGES] = Array(np.ascontiguousarray(images))
-        if modality in (None, "text"):
-            record[P.CAPTIONS] = Array(np.array([self.pool.captions[i] for i in rows]))
-        if modality == "sensor" or (modality is None and self._has_sensor_clients()):
-            record[P.SENSORS] = Array(self._pool_sensors(rows))
-        return record
 
     def _has_sensor_clients(self) -> bool:
         """Whether the layout has sensor clients: only then do unknown nodes get readings too."""
