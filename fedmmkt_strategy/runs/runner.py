@@ -132,12 +132,20 @@ def run_rounds(strategy: FederatedStrategy, grid: Grid, first: int, last: int, t
     evaluate phase). Not `start` itself: it always begins at round 1, so it cannot continue a
     resumed run, and one loop for both keeps their behaviour (timeouts, logging) the same."""
     strategy.summary()
+    started = time.time()
     arrays = ArrayRecord()
     for server_round in range(first, last + 1):
+        log(INFO, "")
         log(INFO, "[ROUND %s/%s]", server_round, last)
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
         replies = grid.send_and_receive(messages, timeout=timeout)
-        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         arrays = new_arrays if new_arrays is not None else arrays
+        if train_metrics is not None:
+            log(INFO, "\t└──> Aggregated MetricRecord: %s", train_metrics)
         messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
-        strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
+        evaluate_metrics = strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
+        if evaluate_metrics is not None:
+            log(INFO, "\t└──> Aggregated MetricRecord: %s", evaluate_metrics)
+    log(INFO, "")
+    log(INFO, "Strategy execution finished in %.2fs (rounds %d-%d)", time.time() - started, first, last)
