@@ -30,7 +30,7 @@ def bench(tmp_path: Path, monkeypatch):
 
 
 def micro_overrides(cache: str) -> str:
-    """Run-config overrides that select the micro pre-trained server models (tests/conftest.py)."""
+    """Run-config overrides that select the micro pre-trained server models (presets/micro-server.toml)."""
     keys = {k: v for k, v in MICRO_SERVER.items() if k.startswith("pretrain-")}
     return " ".join(f"{k}={v}" for k, v in keys.items()) + f' cache-dir="{cache}"'
 
