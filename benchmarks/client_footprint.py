@@ -28,7 +28,8 @@ first slot of that architecture (4 image and 4 text clients share their modality
 its data is a real node's share. With ``--venv PATH`` the children run with that environment's
 Python (a client-only install, README "Edge SuperNodes") and its size on disk is reported; an
 architecture whose libraries it lacks is reported with the import error. Results:
-``benchmarks/results/client_footprint.json`` (``--quick``: ``client_footprint-quick.json``).
+``benchmarks/results/client_footprint.json`` (``--quick``: ``client_footprint-quick.json``;
+``--label L``: ``client_footprint-L.json``, e.g. one file per environment measured).
 """
 
 from __future__ import annotations
@@ -241,6 +242,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3, help="import children per architecture (median)")
     parser.add_argument("--venv", type=Path, help="a client-only environment: run the children with its python")
     parser.add_argument("--run-config", default="", help="overrides, 'key=value ...'")
+    parser.add_argument(
+        "--label", default="", help="results file suffix: client_footprint-LABEL.json (e.g. one per environment)"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -298,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["venv"] = {"path": str(args.venv), "size_mb": disk_usage_mb(args.venv)}
         print(f"client venv {args.venv}: {result['venv']['size_mb']:.0f} MB on disk")
     print(f"this environment {sys.prefix}: {result['this_env']['size_mb']:.0f} MB on disk")
-    write_result("client_footprint", result, args.quick)
+    write_result("client_footprint" + (f"-{args.label}" if args.label else ""), result, args.quick)
     return result
 
 

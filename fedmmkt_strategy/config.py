@@ -182,7 +182,7 @@ class RunConfig(BaseModel):
     def _trackers_are_known(cls, value: str) -> str:
         from fedmmkt_strategy.reporting.trackers import parse_trackers
 
-        parse_trackers(value)
+        parse_trackers(value, require_installed=False)  # installed or not is the server's concern
         return value
 
     @field_validator("pretrain_holdout_classes")
@@ -275,6 +275,17 @@ class RunConfig(BaseModel):
         from fedmmkt_strategy.reporting.trackers import parse_trackers
 
         return parse_trackers(self.trackers)
+
+    def check_server_packages(self) -> None:
+        """Raise `ConfigError` naming the key when a server-side setting needs a package this
+        process lacks (a tracker). Called by the server before any work; clients never need these."""
+        try:
+            self.tracker_names
+        except ValueError as err:
+            raise ConfigError(
+                f"invalid run config:\n  trackers = {self.trackers!r}: {err}\n"
+                "change it in [tool.flwr.app.config] of pyproject.toml or pass --run-config 'key=value' to flwr run"
+            ) from None
 
     @property
     def results_path(self) -> Path:

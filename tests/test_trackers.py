@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fedmmkt_strategy.config import ConfigError, RunConfig
+from fedmmkt_strategy.config import ConfigError, RunConfig, project_defaults
 from fedmmkt_strategy.reporting.results import RunRecorder
 from fedmmkt_strategy.reporting.trackers import (
     TrackerFeed,
@@ -72,7 +72,20 @@ def test_trackers_key_is_checked_before_any_work():
         RunConfig.from_run_config({"trackers": "mlflow"})
     if importlib.util.find_spec("wandb") is None:
         with pytest.raises(ConfigError, match=r"trackers .*pip install 'fedmmkt\[wandb\]'"):
-            RunConfig.from_run_config({"trackers": "wandb"})
+            RunConfig.from_run_config({"trackers": "wandb"}).check_server_packages()
+
+
+def test_a_client_without_tensorboard_accepts_the_default_run_config(monkeypatch):
+    """An edge SuperNode installs no tracker (README "Edge SuperNodes") but receives the server's
+    run config, `trackers = "tensorboard"` included: only the server may insist on the package."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a)
+    )
+    config = RunConfig.from_run_config(project_defaults())
+    assert config.trackers == "tensorboard"
+    with pytest.raises(ConfigError, match=r"trackers = 'tensorboard'.*pip install 'fedmmkt\[tensorboard\]'"):
+        config.check_server_packages()
 
 
 def test_tensorboard_holds_exactly_the_values_of_metrics_json(tmp_path):

@@ -43,14 +43,16 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
-def parse_trackers(text: str) -> tuple[str, ...]:
+def parse_trackers(text: str, require_installed: bool = True) -> tuple[str, ...]:
     """``"tensorboard,wandb"`` -> ("tensorboard", "wandb"); "" or "none" -> (); raises ValueError
-    naming an unknown tracker, or one whose package is not installed (with the install line)."""
+    naming an unknown tracker, or (with `require_installed`) one whose package is not installed,
+    with the install line. Only the server writes tracker files, so a client validates the names
+    alone: an edge SuperNode without tensorboard must accept the run config the server sends."""
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none"))
     for name in names:
         if name not in TRACKER_MODULES:
             raise ValueError(f"unknown tracker {name!r}; choose from {', '.join(TRACKER_MODULES)} or 'none'")
-        if importlib.util.find_spec(TRACKER_MODULES[name]) is None:
+        if require_installed and importlib.util.find_spec(TRACKER_MODULES[name]) is None:
             raise ValueError(f"{name} is not installed: pip install 'fedmmkt[{name}]', or leave it out of trackers")
     return names
 

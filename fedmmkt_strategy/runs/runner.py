@@ -54,6 +54,7 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any], models: ServerMode
     (`start_fresh`, `start_resumed`); both then go through the same round loop, `run_rounds`, on
     the same per-phase timeout grid."""
     config = effective_config(RunConfig.from_run_config(run_config))  # a bad value stops here, before any work
+    config.check_server_packages()
     use_server_threads(config.server_threads)
     recorder, strategy, first = (start_resumed if config.resume else start_fresh)(config, models)
     try:
