@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import tomllib
 
+from fedmmkt_strategy.config import load_preset
 from lab.portable_paths import portable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def project_defaults() -> dict[str, Any]:
 
 def preset_config(name: str) -> dict[str, Any]:
     """The defaults overlaid with ``presets/<name>.toml``, as ``flwr run --run-config presets/<name>.toml``."""
-    return {**project_defaults(), **tomllib.loads((ROOT / "presets" / f"{name}.toml").read_text())}
+    return {**project_defaults(), **load_preset(name)}
 
 
 def parse_overrides(text: str) -> dict[str, Any]:

@@ -36,46 +36,14 @@ from typing import Any
 from bench_common import loglog_exponent, parse_overrides, peak_rss_gb, project_defaults, write_result
 from round_breakdown import STEPS
 
+from fedmmkt_strategy.config import load_preset
 from fedmmkt_strategy.reporting.progress import say, track
 from fedmmkt_strategy.runs.inprocess import run_inprocess
 
 PHASE_KEYS = [key for _, key in STEPS] + ["time_round_s"]
-COMMON = {
-    "strategy": "fedmmkt",
-    "client-layout": "image:cnn-small,text:bow",
-    "t2i-eval-every": 0,
-    "t2i-eval-per-class": 1,
-    "t2i-final-eval-per-class": 1,
-    "test-per-class": 5,
-    "node-settle": 0.0,
-    "num-server-rounds": 2,
-    "checkpoint": False,
-    "labvote-beta": 1.0,
-}
-FULL = {
-    "per_client": 100,
-    "clients": [4, 16, 64],
-    "clients_sweep": {"synthetic-size": 96, "sampling-steps": 10},
-    "samples": [256, 1024, 4096],
-    "samples_sweep": {"sampling-steps": 5},
-    "samples_clients": 4,
-}
-QUICK = {
-    "per_client": 100,
-    "clients": [2, 4],
-    "clients_sweep": {"synthetic-size": 24, "sampling-steps": 2},
-    "samples": [24, 48],
-    "samples_sweep": {"sampling-steps": 2},
-    "samples_clients": 2,
-    "extra": {
-        "local-epochs": 1,
-        "client-warmup-epochs": 1,
-        "test-per-class": 2,
-        "fusion-steps": 3,
-        "t2i-steps-per-round": 2,
-        "t2i-batch-size": 8,
-    },
-}
+#: The run config every run shares, and the two size sets (full, `--quick`): presets/bench-growth.toml.
+SIZES = load_preset("bench-growth")
+COMMON, FULL, QUICK = SIZES["common"], SIZES["full"], SIZES["quick"]
 
 
 def one_run(run_config: dict[str, Any], clients: int, results_dir: Path, name: str) -> dict[str, Any]:

@@ -33,7 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-QUICK = {"samples": 2000, "clients": 10, "fusion_steps": 5}
+import tomllib
+
+#: Sizes: [full] (the command-line defaults) and [quick]; presets/bench-server-scale.toml, read
+#: with tomllib because the child must not import the project before it measures.
+SIZES = tomllib.loads((Path(__file__).resolve().parents[1] / "presets" / "bench-server-scale.toml").read_text())
+FULL, QUICK = SIZES["full"], SIZES["quick"]
 TARGET_GB = 8.0
 RESULT_PREFIX = "SERVER_SCALE_RESULT "
 
@@ -141,12 +146,12 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"smoke sizes {QUICK}")
-    parser.add_argument("--samples", type=int, default=50_000)
-    parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--classes", type=int, default=24)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--contrastive-batch", type=int, default=1024)
-    parser.add_argument("--fusion-steps", type=int, default=50)
+    parser.add_argument("--samples", type=int, default=FULL["samples"])
+    parser.add_argument("--clients", type=int, default=FULL["clients"])
+    parser.add_argument("--classes", type=int, default=FULL["classes"])
+    parser.add_argument("--dim", type=int, default=FULL["dim"])
+    parser.add_argument("--contrastive-batch", type=int, default=FULL["contrastive_batch"])
+    parser.add_argument("--fusion-steps", type=int, default=FULL["fusion_steps"])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from bench_common import parse_overrides, project_defaults, write_result
 
-from fedmmkt_strategy.config import RunConfig
+from fedmmkt_strategy.config import RunConfig, load_preset
 from fedmmkt_strategy.generative.captioner import caption_images
 from fedmmkt_strategy.generative.server_models import ServerModels, load_server_models
 from fedmmkt_strategy.generative.synthesis import class_balanced_prompts, world_prompts
@@ -40,7 +40,7 @@ from fedmmkt_strategy.generative.t2i import default_size, generate_images
 from fedmmkt_strategy.reporting.progress import track
 
 #: Sizes of ``--quick``: enough to exercise every code path in a few seconds.
-QUICK = {"synthetic-size": 16, "generation-batch-size": 8, "sampling-steps": 3}
+QUICK = load_preset("bench-synthesis")["quick"]  # presets/bench-synthesis.toml
 PHASES = ("unet", "text_encoding", "scheduler", "vae_decode")
 
 

@@ -279,8 +279,10 @@ class RunConfig(BaseModel):
     def check_server_packages(self) -> None:
         """Raise `ConfigError` naming the key when a server-side setting needs a package this
         process lacks (a tracker). Called by the server before any work; clients never need these."""
+        from fedmmkt_strategy.reporting.trackers import parse_trackers
+
         try:
-            self.tracker_names
+            parse_trackers(self.trackers, require_installed=True)
         except ValueError as err:
             raise ConfigError(
                 f"invalid run config:\n  trackers = {self.trackers!r}: {err}\n"

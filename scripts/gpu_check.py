@@ -29,18 +29,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedmmkt_strategy.config import RunConfig  # noqa: E402
+from fedmmkt_strategy.config import RunConfig, load_preset  # noqa: E402
 from fedmmkt_strategy.generative.server_models import load_server_models  # noqa: E402
 from fedmmkt_strategy.generative.t2i import LORA_ADAPTER, generate_images  # noqa: E402
 from fedmmkt_strategy.runs.inprocess import run_inprocess  # noqa: E402
 from lab.paper_standins import build_standins  # noqa: E402
 
-#: Per scale: T2I resolution, client image size, client width scale, synthetic samples, steps.
-SCALES = {
-    "tiny": dict(t2i_size=32, data_size=32, width=0.125, synthetic=16, sampling=4, t2i_steps=4, batch=8),
-    "sd": dict(t2i_size=256, data_size=64, width=1.0, synthetic=32, sampling=10, t2i_steps=10, batch=8),
-}
-LAYOUT = "image:resnet18,text:bert,image:vit-s,text:bert"
+#: Per scale: T2I resolution, client image size, client width scale, synthetic samples, steps;
+#: and the client layout: presets/gpu-check.toml.
+_PRESET = load_preset("gpu-check")
+SCALES: dict[str, dict] = _PRESET["scales"]
+LAYOUT: str = _PRESET["layout"]
 
 
 #: The server's phase times that are the clients' own work (the in-process grid runs them in turn).

@@ -53,3 +53,19 @@ def test_every_named_variant_and_comparison_is_a_valid_run_config():
 def test_an_unknown_preset_names_the_ones_there_are():
     with pytest.raises(ConfigError, match="no preset 'nope'.*micro-server"):
         load_preset("nope")
+
+
+def test_benchmark_size_presets_hold_valid_run_config_keys():
+    """The benchmarks' sizes are presets too; the parts that are run config must validate."""
+    growth = load_preset("bench-growth")
+    for sizes in (growth["full"], growth["quick"]):
+        for overrides in (growth["common"], sizes.get("extra", {}), sizes["clients_sweep"], sizes["samples_sweep"]):
+            assert set(overrides) <= set(DEFAULTS)
+            RunConfig.from_run_config({**DEFAULTS, **growth["common"], **overrides})
+    quick_synthesis = load_preset("bench-synthesis")["quick"]
+    assert set(quick_synthesis) <= set(DEFAULTS)
+    RunConfig.from_run_config({**DEFAULTS, **quick_synthesis})
+    gpu = load_preset("gpu-check")
+    assert set(gpu["scales"]) == {"tiny", "sd"}
+    RunConfig.from_run_config({**DEFAULTS, "client-layout": gpu["layout"]})
+    assert set(load_preset("bench-server-scale")["quick"]) <= set(load_preset("bench-server-scale")["full"])
