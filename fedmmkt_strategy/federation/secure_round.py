@@ -295,7 +295,8 @@ def refresh_label_totals(strategy, aggregator: SecureAggregator) -> None:
 
 
 def secure_vote(strategy, grid: Grid, server_round: int):
-    """Step 2-3 under secure aggregation: (VoteResult, the nodes inside the vote's sum).
+    """Step 2-3 under secure aggregation: (the VoteResult of the secure sum, the nodes inside
+    it). The strategy settles the vote (prompt mix, diagnostics) as in the plain round.
 
     The collect message carries the pool rows the node lacks (as ``query.infer`` does), the vote
     rule, and for the class-aware vote the prompt classes and the node's modality totals."""
@@ -331,14 +332,14 @@ def secure_vote(strategy, grid: Grid, server_round: int):
         vote = vote_from_terms(result.sums["all"], n, c)
     else:
         vote = vote_from_terms(np.zeros(n * c + 2 * n), n, c)  # nothing kept: no targets this round
-    s.account_privacy(server_round, members)
-    return s.settle_vote(server_round, vote, members), members
+    return vote, members
 
 
-def secure_fuse(strategy, grid: Grid, server_round: int, vote, members: list[int]) -> dict[str, np.ndarray]:
-    """Step 4 under secure aggregation: each modality's aggregate of the kept rows is one secure
-    sum of `fusion.contrastive_terms` against the anchors the server sends, then cross-attention
-    as in the plain round. A modality with fewer than two members gets no fused target."""
+def secure_fuse(strategy, grid: Grid, server_round: int, vote, members: list[int]) -> dict[str, torch.Tensor]:
+    """Step 4a under secure aggregation: each modality's aggregate [M, d] of the kept rows, one
+    secure sum of `fusion.contrastive_terms` against the anchors the server sends; the strategy
+    then applies cross-attention as in the plain round. A modality with fewer than two members
+    gets no aggregate."""
     s, cfg = strategy, strategy.config
     kept = vote.kept_indices
     if len(kept) == 0 or not members:
@@ -356,9 +357,8 @@ def secure_fuse(strategy, grid: Grid, server_round: int, vote, members: list[int
     d = cfg.fusion_dim
     aggregator = SecureAggregator(s, grid, server_round, cfg.secagg_threshold)
     result = aggregator.run("fusion", members, lambda node: _modality(s, node), lambda g: len(kept) * d, collect_extra)
-    tokens = {
+    return {
         m: F.normalize(torch.as_tensor(result.sums[m].reshape(len(kept), d), dtype=torch.float32), dim=-1)
         for m in MODALITIES
         if m in result.sums
     }
-    return s.cross_modal(server_round, tokens, vote) if tokens else {}

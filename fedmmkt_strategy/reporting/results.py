@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,29 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class Diagnostics:
+    """What one step of a round measured: server-level figures and per-client ones.
+
+    The steps return these instead of writing to the recorder, so each step stays a function of
+    its inputs and the strategy records a phase's outcome in one place (`RunRecorder.record`)."""
+
+    server: dict[str, Any] = field(default_factory=dict)
+    clients: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def client(self, node_id: int, **fields: Any) -> Diagnostics:
+        self.clients.setdefault(node_id, {}).update(fields)
+        return self
+
+    def merge(self, *others: Diagnostics) -> Diagnostics:
+        """These figures followed by `others`' (a later value of the same key wins)."""
+        for other in others:
+            self.server.update(other.server)
+            for node, fields in other.clients.items():
+                self.client(node, **fields)
+        return self
+
+
 class RunRecorder:
     """Collects per-round, per-client and server metrics and writes them as files."""
 
@@ -81,6 +105,13 @@ class RunRecorder:
     def server(self, server_round: int, **fields: Any) -> None:
         """Merge server-side diagnostics into a round."""
         self.rounds[server_round].update(fields)
+
+    def record(self, server_round: int, *diagnostics: Diagnostics) -> None:
+        """Merge steps' `Diagnostics` into a round: each one's clients, then its server figures."""
+        for diag in diagnostics:
+            for node, fields in diag.clients.items():
+                self.client(server_round, node, **fields)
+            self.server(server_round, **diag.server)
 
     def failure(self, server_round: int, phase: str, node_id: int, reason: str) -> None:
         self.failures.append({"round": server_round, "phase": phase, "node_id": node_id, "reason": reason})

@@ -55,7 +55,7 @@ from fedmmkt_strategy.generative.synthesis import (
 )
 from fedmmkt_strategy.generative.t2i import denoiser_state, load_denoiser_state
 from fedmmkt_strategy.pool_sync import encode_pool_update, parts_for, rows_to_send
-from fedmmkt_strategy.reporting.results import RunRecorder
+from fedmmkt_strategy.reporting.results import Diagnostics, RunRecorder
 from fedmmkt_strategy.steps.fusion import (
     CrossModalFusion,
     aggregate,
@@ -143,26 +143,31 @@ class FedMMKT(FederatedStrategy):
 
     # ------------------------------------------------------------------ the round
     def prepare_round(self, server_round: int, grid: Grid) -> None:
+        """Steps 1-5 and the step-6 payloads; every step returns its `Diagnostics`, recorded here once."""
         self._timings = {}
         with self._timed("synthesis"):
             self.pool = self.synthesize(server_round)
         if self.config.secure_aggregation:  # the same steps 2-4 on masked sums (secure_round.py)
             with self._timed("labvote"):
-                vote, members = secure_vote(self, grid, server_round)
+                summed, members = secure_vote(self, grid, server_round)
+                privacy = self.account_privacy(members)
+                vote, vote_diag = self.settle_vote(server_round, summed, members)
             with self._timed("fusion"):
-                fused = secure_fuse(self, grid, server_round, vote, members)
+                tokens = secure_fuse(self, grid, server_round, vote, members)
+                fused, fusion_diag = self.cross_modal(server_round, tokens, vote) if tokens else ({}, Diagnostics())
         else:
             with self._timed("query"):
                 outcome = self.query(server_round, grid)
-            members = sorted(outcome.ok)
+                members = sorted(outcome.ok)
+                privacy = self.account_privacy(members)
             with self._timed("labvote"):
-                vote = self.vote(server_round, outcome)
+                vote, vote_diag = self.vote(server_round, outcome)
             with self._timed("fusion"):
-                fused = self.fuse(server_round, outcome, vote)
+                fused, fusion_diag = self.fuse(server_round, outcome, vote)
         with self._timed("t2i_update"):
-            self.update_t2i(server_round, vote)
+            t2i_diag = self.update_t2i(server_round, vote)
         self.targets = self.distill_targets(members, vote, fused)
-        self.recorder.server(server_round, **self._timings)
+        self.recorder.record(server_round, privacy, vote_diag, fusion_diag, t2i_diag, Diagnostics(self._timings))
 
     def synthesize(self, server_round: int) -> SyntheticPool:
         """Step 1: a fresh class-balanced pool in round 1, then a refreshed fraction each round."""
@@ -248,17 +253,18 @@ class FedMMKT(FederatedStrategy):
                 self.node_pool_round[node] = server_round
             else:  # it may have lost or never applied the update: send everything next time
                 self.node_pool_round.pop(node, None)
-        self.account_privacy(server_round, sorted(outcome.ok))
         return outcome
 
-    def account_privacy(self, server_round: int, nodes: list[int]) -> None:
+    def account_privacy(self, nodes: list[int]) -> Diagnostics:
         """With differentially private uploads: each accepted upload's epsilon so far (privacy.py)."""
+        diag = Diagnostics()
         if self.privacy is None:
-            return
+            return diag
         spent = [self.privacy.record(node, len(self.pool)) for node in nodes]
         for node, eps in zip(nodes, spent):
-            self.recorder.client(server_round, node, dp_epsilon=eps)
-        self.recorder.server(server_round, dp_epsilon_max=max(spent, default=0.0), dp_delta=self.config.dp_delta)
+            diag.client(node, dp_epsilon=eps)
+        diag.server.update(dp_epsilon_max=max(spent, default=0.0), dp_delta=self.config.dp_delta)
+        return diag
 
     def _stack(self, outcome: PhaseOutcome, key: str, nodes: Iterable[int]) -> np.ndarray:
         """One inference array of every node, stacked [K, ...] as float32.
@@ -276,12 +282,13 @@ class FedMMKT(FederatedStrategy):
             stacked /= np.maximum(stacked.sum(-1, keepdims=True), np.finfo(np.float32).tiny)
         return stacked
 
-    def vote(self, server_round: int, outcome: PhaseOutcome) -> VoteResult:
+    def vote(self, server_round: int, outcome: PhaseOutcome) -> tuple[VoteResult, Diagnostics]:
         """Step 3: LabVote over all clients of all modalities (or FedMD's plain average)."""
         nodes = sorted(outcome.ok)
         probs = self._stack(outcome, P.PROBS, nodes)
+        defence = Diagnostics()
         if self.use_vote:
-            weights = self.client_reliability(server_round, nodes, probs)
+            weights, defence = self.client_reliability(nodes, probs)
             result = labvote(
                 probs,
                 self._stack(outcome, P.ENTROPY, nodes),
@@ -291,19 +298,20 @@ class FedMMKT(FederatedStrategy):
             )
         else:
             result = plain_average(probs)
-        return self.settle_vote(server_round, result, nodes)
+        result, diag = self.settle_vote(server_round, result, nodes)
+        return result, defence.merge(diag)
 
-    def settle_vote(self, server_round: int, result: VoteResult, nodes: list[int]) -> VoteResult:
+    def settle_vote(self, server_round: int, result: VoteResult, nodes: list[int]) -> tuple[VoteResult, Diagnostics]:
         """The server's own part of the vote (the prompt mix) and its diagnostics; per-client
         shares of counted votes where the vote knows them (not under secure aggregation)."""
         result = mix_prompt(result, self.pool.classes, self.prompt_mix)
         depicted = None if self.models.judge is None else judge_predict(self.models.judge, self.pool.images)
         diag = vote_diagnostics(result, self.pool.classes, depicted, self.class_groups(self.pool.classes))
         shares = diag.pop("counted_vote_share")
+        recorded = Diagnostics(diag)
         if len(shares) == len(nodes):
             for node, share in zip(nodes, shares):
-                self.recorder.client(server_round, node, counted_vote_share=share)
-        self.recorder.server(server_round, **diag)
+                recorded.client(node, counted_vote_share=share)
         log(
             INFO,
             "round %d: LabVote kept %d of %d samples (discard rate %.2f), agreement with prompts %.2f",
@@ -313,7 +321,7 @@ class FedMMKT(FederatedStrategy):
             diag["discard_rate"],
             diag["vote_prompt_agreement"],
         )
-        return result
+        return result, recorded
 
     def class_aware_weights(self, nodes: list[int]) -> np.ndarray | None:
         """With ``labvote-class-weights = "label-counts"``: each client's say on each sample, its share
@@ -339,28 +347,30 @@ class FedMMKT(FederatedStrategy):
         confused = np.isin(classes, self.misdrawn)
         return {"confused": confused, "clean": ~confused}
 
-    def client_reliability(self, server_round: int, nodes: list[int], probs: np.ndarray) -> np.ndarray | None:
+    def client_reliability(self, nodes: list[int], probs: np.ndarray) -> tuple[np.ndarray | None, Diagnostics]:
         """The Byzantine defence's per-client vote weights (robust.py), None when it is off."""
+        diag = Diagnostics()
         if self.reliability is None:
-            return None
+            return None, diag
         weights = self.reliability.weights(nodes, probs)
         self.vote_reliability = dict(zip(nodes, weights.tolist()))
         for node, weight in zip(nodes, weights):
             agreement = self.reliability.history.get(node, float("nan"))
-            self.recorder.client(server_round, node, reliability=float(weight), vote_agreement=agreement)
-        return weights
+            diag.client(node, reliability=float(weight), vote_agreement=agreement)
+        return weights, diag
 
-    def fusion_reliability(self, server_round: int, nodes: list[int], reps: torch.Tensor) -> torch.Tensor | None:
+    def fusion_reliability(self, nodes: list[int], reps: torch.Tensor) -> tuple[torch.Tensor | None, Diagnostics]:
         """The defence's weight [K] of each client of one modality in the fusion: its vote
         reliability times its embedding reliability (robust.py); None when the defence is off."""
+        diag = Diagnostics()
         if self.reliability is None:
-            return None
+            return None, diag
         embedding = self.reliability.embedding_weights(nodes, reps.numpy())
         vote = np.array([self.vote_reliability.get(node, 1.0) for node in nodes])
         for node, weight in zip(nodes, embedding):
             agreement = self.reliability.embedding_history.get(node, float("nan"))
-            self.recorder.client(server_round, node, embedding_reliability=float(weight), embedding_agreement=agreement)
-        return torch.as_tensor(vote * embedding, dtype=torch.float32)
+            diag.client(node, embedding_reliability=float(weight), embedding_agreement=agreement)
+        return torch.as_tensor(vote * embedding, dtype=torch.float32), diag
 
     def _anchors(self, modality: str, kept: np.ndarray, text_anchor: torch.Tensor) -> torch.Tensor:
         """The other modalities' previous fused vectors of the kept rows, where known; else the
@@ -372,19 +382,23 @@ class FedMMKT(FederatedStrategy):
         known = ~torch.isnan(mean).any(-1)
         return torch.where(known[:, None], F.normalize(torch.nan_to_num(mean), dim=-1), text_anchor)
 
-    def fuse(self, server_round: int, outcome: PhaseOutcome, vote: VoteResult) -> dict[str, np.ndarray]:
+    def fuse(
+        self, server_round: int, outcome: PhaseOutcome, vote: VoteResult
+    ) -> tuple[dict[str, np.ndarray], Diagnostics]:
         """Step 4: contrastive aggregation within each modality, then cross-attention."""
         kept = vote.kept_indices
         by_modality = {m: sorted(n for n in outcome.ok if self.clients[n][P.MODALITY] == m) for m in MODALITIES}
         by_modality = {m: nodes for m, nodes in by_modality.items() if nodes}
+        recorded = Diagnostics()
         if len(kept) == 0:
-            return {}
+            return {}, recorded
         text_anchor = caption_anchors(self.models, [self.pool.captions[i] for i in kept])
         self.forget_regenerated(server_round)
         tokens: dict[str, torch.Tensor] = {}
         for m, nodes in by_modality.items():
             reps = torch.as_tensor(self._stack(outcome, P.EMBEDDING, nodes)[:, kept])
-            defence = self.fusion_reliability(server_round, nodes, reps)
+            defence, defence_diag = self.fusion_reliability(nodes, reps)
+            recorded.merge(defence_diag)
             if self.use_contrastive:
                 anchors = self._anchors(m, kept, text_anchor)
                 alpha = contrastive_weights(
@@ -396,10 +410,11 @@ class FedMMKT(FederatedStrategy):
                 alpha = torch.full(reps.shape[:2], 1.0 / len(nodes))
             diag = weight_diagnostics(alpha)
             for node, w in zip(nodes, diag.pop("alpha_client_mean")):
-                self.recorder.client(server_round, node, alpha_mean=w)
-            self.recorder.server(server_round, **{f"{m}_{k}": v for k, v in diag.items()})
+                recorded.client(node, alpha_mean=w)
+            recorded.merge(Diagnostics({f"{m}_{k}": v for k, v in diag.items()}))
             tokens[m] = F.normalize(aggregate(reps, alpha), dim=-1)
-        return self.cross_modal(server_round, tokens, vote)
+        fused, cross_diag = self.cross_modal(server_round, tokens, vote)
+        return fused, recorded.merge(cross_diag)
 
     def forget_regenerated(self, server_round: int) -> None:
         """Previous fused vectors of rows regenerated this round describe images that are gone."""
@@ -409,11 +424,12 @@ class FedMMKT(FederatedStrategy):
 
     def cross_modal(
         self, server_round: int, tokens: dict[str, torch.Tensor], vote: VoteResult
-    ) -> dict[str, np.ndarray]:
+    ) -> tuple[dict[str, np.ndarray], Diagnostics]:
         """Step 4b on each modality's aggregate [M, d] of the kept rows: cross-attention (trained
         here on the voted labels), and the fused vectors remembered as next round's anchors."""
         kept = vote.kept_indices
         fused = {m: t.numpy() for m, t in tokens.items()}
+        diag = Diagnostics()
         if self.use_cross_attention and len(tokens) > 1:
             if self.fusion is None:
                 torch.manual_seed(self.config.seed)
@@ -434,18 +450,18 @@ class FedMMKT(FederatedStrategy):
                 lr=self.config.fusion_lr,
                 seed=self.config.seed + server_round,
             )
-            self.recorder.server(server_round, **losses)
+            diag.server.update(losses)
             fused = fuse(self.fusion, tokens)
         for m, f in fused.items():
             full = self.prev_fused.setdefault(m, np.full((len(self.pool), f.shape[1]), np.nan, np.float32))
             full[kept] = f
-        return fused
+        return fused, diag
 
-    def update_t2i(self, server_round: int, vote: VoteResult | None) -> None:
+    def update_t2i(self, server_round: int, vote: VoteResult | None) -> Diagnostics:
         """Step 5: fine-tune the denoiser on the kept pairs (x_i, prompt of y_i), each weighted by its
         vote confidence, with the public pairs replayed in every batch (`finetune.py`)."""
         if not self.use_t2i_update or self.config.t2i_steps_per_round == 0:
-            return
+            return Diagnostics()
         if self.t2i_labels == "voted":
             rows = most_confident(vote, self.config.t2i_update_fraction) if vote.kept.any() else vote.kept_indices
             if self.config.t2i_pairs == "confirmed":
@@ -455,13 +471,13 @@ class FedMMKT(FederatedStrategy):
             rows = np.arange(len(self.pool))
             labels, weights = self.pool.classes, np.ones(len(rows), np.float32)
         if len(rows) == 0:
-            return
+            return Diagnostics()
         prompts = finetune_prompts(self.pool, rows, labels, self.config.seed * 7 + server_round, self.prompt_fn)
         pairs = PairSet.encode(self.models.pipe, self.pool.images[rows], prompts, weights=weights)
         loss = self.t2i_tuner().run(pairs, self.config.t2i_steps_per_round, seed=self.config.seed + server_round)
         relabelled = int(np.sum(labels != self.pool.classes[rows]))
-        self.recorder.server(
-            server_round, t2i_finetune_loss=loss, t2i_finetune_samples=int(len(rows)), t2i_relabelled=relabelled
+        return Diagnostics(
+            {"t2i_finetune_loss": loss, "t2i_finetune_samples": int(len(rows)), "t2i_relabelled": relabelled}
         )
 
     def t2i_tuner(self) -> DenoiserFineTuner:
@@ -569,12 +585,12 @@ class FedMMKT(FederatedStrategy):
             self.privacy.load_state_dict(state["privacy"])
 
     # ------------------------------------------------------------------ step 7 (server side)
-    def evaluate_t2i(self, server_round: int, per_class: int) -> None:
+    def evaluate_t2i(self, server_round: int, per_class: int) -> Diagnostics:
         """GenAcc, domain FID and a sample grid of the current T2I model, on `per_class` images of
         every class (the same seeded prompts and noise in every round and strategy of a seed)."""
         m, cfg = self.models, self.config
         if m.judge is None or m.reference_features is None:
-            return
+            return Diagnostics()
         start = time.perf_counter()
         metrics = evaluate_t2i(
             m.pipe,
@@ -595,16 +611,10 @@ class FedMMKT(FederatedStrategy):
             f"gen_acc_{name}": float(np.nanmean(per_class[rows]))
             for name, rows in self.class_groups(np.arange(len(per_class))).items()
         }
-        self.recorder.server(
-            server_round,
-            gen_acc=metrics["gen_acc"],
-            fid=metrics["fid"],
-            per_class_gen_acc=metrics["per_class_acc"],
-            **groups,
-            **self.standard_metrics(metrics["images"], metrics["prompts"]),
-            time_t2i_eval_s=time.perf_counter() - start,
-        )
+        scores = {"gen_acc": metrics["gen_acc"], "fid": metrics["fid"], "per_class_gen_acc": metrics["per_class_acc"]}
+        scores |= groups | self.standard_metrics(metrics["images"], metrics["prompts"])
         log(INFO, "round %d: T2I GenAcc %.3f, domain FID %.2f", server_round, metrics["gen_acc"], metrics["fid"])
+        return Diagnostics({**scores, "time_t2i_eval_s": time.perf_counter() - start})
 
     def standard_metrics(self, images: np.ndarray, prompts: list[str]) -> dict[str, float]:
         """CLIP score (``clip-model``) and Inception FID (``standard-fid``) where their weights load."""
@@ -622,7 +632,7 @@ class FedMMKT(FederatedStrategy):
 
     def configure_train(self, server_round, arrays, config, grid) -> Iterable[Message]:
         if server_round == 1 and self.config.t2i_eval_initial:
-            self.evaluate_t2i(0, self.config.t2i_final_eval_per_class)
+            self.recorder.record(0, self.evaluate_t2i(0, self.config.t2i_final_eval_per_class))
         return super().configure_train(server_round, arrays, config, grid)
 
     def after_evaluate(self, server_round: int) -> None:
@@ -631,6 +641,6 @@ class FedMMKT(FederatedStrategy):
         if not t2i_changes:
             return
         if server_round == self.config.num_server_rounds:
-            self.evaluate_t2i(server_round, self.config.t2i_final_eval_per_class)
+            self.recorder.record(server_round, self.evaluate_t2i(server_round, self.config.t2i_final_eval_per_class))
         elif every and server_round % every == 0:
-            self.evaluate_t2i(server_round, self.config.t2i_eval_per_class)
+            self.recorder.record(server_round, self.evaluate_t2i(server_round, self.config.t2i_eval_per_class))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fedmmkt_strategy.reporting.results import Diagnostics
 from fedmmkt_strategy.strategies.fedmmkt import FedMMKT
 
 
@@ -19,6 +20,6 @@ class SelfFineTuning(FedMMKT):
         with self._timed("synthesis"):
             self.pool = self.synthesize(server_round)
         with self._timed("t2i_update"):
-            self.update_t2i(server_round, vote=None)
+            t2i_diag = self.update_t2i(server_round, vote=None)
         self.targets = {}
-        self.recorder.server(server_round, **self._timings)
+        self.recorder.record(server_round, t2i_diag, Diagnostics(self._timings))
