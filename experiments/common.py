@@ -166,8 +166,8 @@ class Recorder:
             )
             return original_vote(strategy, server_round, outcome)
 
-        def fuse(strategy: FedMMKT, server_round: int, outcome, vote) -> dict[str, np.ndarray]:
-            fused = original_fuse(strategy, server_round, outcome, vote)
+        def fuse(strategy: FedMMKT, server_round: int, outcome, vote) -> tuple[dict[str, np.ndarray], Any]:
+            fused, diagnostics = original_fuse(strategy, server_round, outcome, vote)
             kept = vote.kept_indices
             clients = {
                 n: (
@@ -181,7 +181,7 @@ class Recorder:
             recorder.fusion.append(
                 FusionRecord(server_round, strategy.pool.classes[kept], clients, dict(fused), discard)
             )
-            return fused
+            return fused, diagnostics
 
         FedMMKT.vote, FedMMKT.fuse = vote, fuse
         try:

@@ -10,6 +10,13 @@ from fedmmkt_strategy.config import load_preset
 MICRO_SERVER = load_preset("micro-server")
 #: Four roles (both modalities, the cheapest models), small pools, two rounds.
 TINY_FEDERATION = load_preset("micro-federation")
+#: The in-process app tests' federation: the same, with two `cnn` image clients (FedAvg averages
+#: clients of one architecture) and a two-epoch warm-up.
+INPROCESS_FEDERATION = {
+    **TINY_FEDERATION,
+    "client-layout": "image:cnn,text:bow,image:cnn,text:gru",
+    "client-warmup-epochs": 2,
+}
 
 
 @pytest.fixture(scope="session")

@@ -14,17 +14,10 @@ from fedmmkt_strategy.federation.sampling import QuorumError
 from fedmmkt_strategy.reporting.results import RunRecorder, make_run_dir
 from fedmmkt_strategy.runs.inprocess import InProcessGrid
 from fedmmkt_strategy.strategies.factory import build_strategy
+from tests.conftest import INPROCESS_FEDERATION
 from worlds import domain
 
-TINY = {
-    "client-layout": "image:cnn,text:bow,image:cnn,text:gru",
-    "pool-size": 480,
-    "test-per-class": 2,
-    "local-epochs": 1,
-    "client-warmup-epochs": 2,
-    "node-settle": 0.0,
-    "num-server-rounds": 2,
-}
+TINY = INPROCESS_FEDERATION
 
 
 def _run(tmp_path, strategy: str, grid: InProcessGrid | None = None, **overrides):

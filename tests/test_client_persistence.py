@@ -13,18 +13,10 @@ from client_app.app import app as client_app
 from client_app.persistence import STALE_AFTER_DAYS, read_state, state_file, state_root, write_state
 from fedmmkt_strategy.runs.inprocess import InProcessGrid
 from fedmmkt_strategy.runs.runner import run_federation
+from tests.conftest import INPROCESS_FEDERATION
 from tests.test_checkpoint import CrashingGrid, SimulatedCrash, comparable
 
-TINY = {
-    "client-layout": "image:cnn,text:bow,image:cnn,text:gru",
-    "pool-size": 480,
-    "test-per-class": 2,
-    "local-epochs": 1,
-    "client-warmup-epochs": 2,
-    "node-settle": 0.0,
-    "num-server-rounds": 3,
-    "strategy": "local",
-}
+TINY = {**INPROCESS_FEDERATION, "num-server-rounds": 3, "strategy": "local"}
 
 
 def test_where_a_node_keeps_its_state():

@@ -18,18 +18,11 @@ from fedmmkt_strategy.generative.server_models import load_server_models
 from fedmmkt_strategy.reporting.results import RunRecorder, make_run_dir
 from fedmmkt_strategy.runs.inprocess import InProcessGrid, load_client_app
 from fedmmkt_strategy.strategies.factory import build_strategy
+from tests.conftest import INPROCESS_FEDERATION
 from worlds import domain
 
 REFERENCE = "examples.reference_client.app:app"
-TINY = {
-    "client-layout": "image:cnn,text:bow,image:cnn,text:gru",
-    "pool-size": 480,
-    "test-per-class": 2,
-    "local-epochs": 1,
-    "client-warmup-epochs": 2,
-    "node-settle": 0.0,
-    "num-server-rounds": 2,
-}
+TINY = INPROCESS_FEDERATION
 
 
 @pytest.fixture(scope="module")
