@@ -85,3 +85,14 @@ def test_client_footprint_quick(bench, tmp_path: Path):
     assert set(row["round"]["phases"]) == phases
     assert row["round"]["params"] > 0 and row["round"]["state_dict_bytes"] > 4 * row["round"]["params"]
     assert (tmp_path / "client_footprint-quick.json").exists()
+
+
+def test_pretrain_quick(bench, tmp_path: Path):
+    result = bench("pretrain").main(["--quick"])
+    saved = json.loads((tmp_path / "pretrain-quick.json").read_text())
+    assert set(saved["phases"]) == {"judge", "vae", "t2i", "captioner"}
+    for phase in result["phases"].values():
+        split = phase["split_s_per_step"]
+        assert split["forward"] > 0 and split["backward"] > 0 and split["optimiser"] > 0
+        assert phase["raw_forward_backward_s_per_step"] > 0 and phase["efficiency"] > 0
+    assert result["phases"]["t2i"]["split_s_per_step"]["ema"] > 0

@@ -13,7 +13,14 @@ from pathlib import Path
 from flwr.common.config import parse_config_args
 
 from fedmmkt_strategy.config import RunConfig, project_defaults
-from fedmmkt_strategy.generative.pretrain import EVAL, PretrainSpec, default_cache_root, ensure_pretrained
+from fedmmkt_strategy.generative.prebuilt import default_bundle_root
+from fedmmkt_strategy.generative.pretrain import (
+    EVAL,
+    PretrainSpec,
+    default_cache_root,
+    ensure_pretrained,
+    export_prebuilt,
+)
 from fedmmkt_strategy.generative.server_models import pretrain_spec
 
 BUDGET_FLAGS = ("judge_epochs", "vae_steps", "t2i_steps", "captioner_steps", "eval_per_class", "seed")
@@ -30,7 +37,18 @@ def parse_args(
         description="Build the toy world's server models (judge, T2I, captioner) into the cache.",
     )
     parser.add_argument("--cache-dir", type=Path, default=None, help=f"cache root ({default_cache_root()})")
-    parser.add_argument("--force", action="store_true", help="discard this spec's cached models and retrain")
+    parser.add_argument(
+        "--force", action="store_true", help="discard this spec's cached models and retrain from scratch (no prebuilt)"
+    )
+    parser.add_argument(
+        "--export-prebuilt",
+        type=Path,
+        nargs="?",
+        const=default_bundle_root(),
+        default=None,
+        metavar="DIR",
+        help=f"write the built models as a prebuilt bundle (float16, scored again) into DIR ({default_bundle_root()})",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
         "--run-config", default="", help="run-config overrides whose server models to build, e.g. 'pretrain-seed=1'"
@@ -46,7 +64,10 @@ def main(argv: list[str] | None = None, defaults: PretrainSpec | None = None) ->
     spec, args = parse_args(argv, defaults)
     if args.force:
         shutil.rmtree((args.cache_dir or default_cache_root()) / spec.key(), ignore_errors=True)
-    models = ensure_pretrained(spec, args.cache_dir, progress=not args.quiet)
+    models = ensure_pretrained(spec, args.cache_dir, progress=not args.quiet, use_prebuilt=not args.force)
+    if args.export_prebuilt is not None:
+        bundle = export_prebuilt(spec, args.cache_dir, args.export_prebuilt, progress=not args.quiet)
+        print(f"prebuilt bundle: {bundle}")
     report = models.load_report()
     evaluation = report["phases"][EVAL]
     print(f"T2I pipeline: {models.t2i}\ncaptioner:    {models.captioner}\njudge:        {models.judge}")

@@ -4,7 +4,9 @@ Pre-training takes minutes of CPU, so it runs once per configuration and its res
 a cache folder, ``$XDG_CACHE_HOME/fedmmkt/<hash of the spec>`` (default ``~/.cache/fedmmkt``),
 never beside the code. Each phase writes into a temporary folder and renames it into place
 when done, so a finished phase is skipped on the next call and an interrupted one restarts.
-The T2I model is trained on the deliberately imperfect PUBLIC split with a modest budget: it
+A fresh cache of the default spec is filled in seconds from the models this repository ships
+(`fedmmkt_strategy.generative.prebuilt`), which ``fedmmkt pretrain --force --export-prebuilt``
+built with this same code. The T2I model is trained on the deliberately imperfect PUBLIC split with a modest budget: it
 should be useful but clearly imperfect (GenAcc roughly 30-60 %, ALGORITHM.md, "Two worlds").
 """
 
@@ -24,13 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, StableDiffusionPipeline
 from flwr.common.logger import log
 from transformers import PreTrainedTokenizerBase
 
 from fedmmkt_strategy.generative import captioner as cap
 from fedmmkt_strategy.generative import judge as jdg
-from fedmmkt_strategy.generative import quality, t2i
+from fedmmkt_strategy.generative import prebuilt, quality, t2i
+from fedmmkt_strategy.memo import default_cache_root
 from worlds import domain, splits
 from worlds.tokenizer import build_tokenizer
 
@@ -38,6 +41,9 @@ from worlds.tokenizer import build_tokenizer
 RECIPE_VERSION = 2
 PHASE_META = "fedmmkt_phase.json"
 JUDGE, VAE, T2I, CAPTIONER, EVAL = "judge", "vae", "t2i", "captioner", "eval"
+PHASES = (JUDGE, VAE, T2I, CAPTIONER, EVAL)
+#: The command that builds the shipped bundle; recorded in its manifest.
+EXPORT_COMMAND = "fedmmkt pretrain --force --export-prebuilt"
 
 
 @dataclass(frozen=True)
@@ -98,32 +104,43 @@ class PretrainedModels:
         return json.loads(self.report.read_text())
 
 
-def default_cache_root() -> Path:
-    """``$XDG_CACHE_HOME/fedmmkt``, or ``~/.cache/fedmmkt``."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fedmmkt"
-
-
 def ensure_pretrained(
-    spec: PretrainSpec = PretrainSpec(), cache_root: Path | None = None, progress: bool = True
+    spec: PretrainSpec = PretrainSpec(),
+    cache_root: Path | None = None,
+    progress: bool = True,
+    use_prebuilt: bool = True,
 ) -> PretrainedModels:
     """Train whatever of the server models is missing from the cache, then return their paths.
 
     Phases, in order: judge (REFERENCE split), VAE, T2I denoiser and text encoder, captioner
     (all three on PUBLIC), evaluation of the T2I model. A phase whose folder exists is skipped.
+    When no phase is cached yet and the project ships a bundle built for exactly this spec
+    (`prebuilt.find_bundle`), every phase is installed from it instead of trained (seconds);
+    ``use_prebuilt=False`` always trains.
     """
     root = (cache_root or default_cache_root()) / spec.key()
     root.mkdir(parents=True, exist_ok=True)
     _write_atomic(root / "spec.json", json.dumps(spec.as_dict(), indent=2, sort_keys=True))
     _remove_stale_tmp(root)
-    tokenizer = build_tokenizer(spec.tokenizer_max_length)
-    phases: dict[str, Callable[[Path], dict[str, Any]]] = {
-        JUDGE: lambda out: _train_judge_phase(spec, out, progress),
-        VAE: lambda out: _train_vae_phase(spec, root, tokenizer, out, progress),
-        T2I: lambda out: _train_t2i_phase(spec, root, tokenizer, out, progress),
-        CAPTIONER: lambda out: _train_captioner_phase(spec, tokenizer, out, progress),
-        EVAL: lambda out: _eval_phase(spec, root, out, progress),
-    }
+    done = [json.loads((root / name / PHASE_META).read_text()) for name in PHASES if (root / name).is_dir()]
+    installable = all("source" in meta for meta in done)  # nothing trained here yet: never mix a build and a bundle
+    bundle = prebuilt.find_bundle(spec.as_dict(), spec.key()) if use_prebuilt and installable else None
+    if bundle is not None:
+        manifest = prebuilt.read_manifest(bundle)
+        log(
+            INFO,
+            "installing the prebuilt toy server models %s (built by `%s` at commit %s; GenAcc %.3f); "
+            "`fedmmkt pretrain --force` rebuilds them here",
+            bundle.name,
+            manifest["build_command"],
+            manifest.get("commit", "?")[:10],
+            manifest["phases"][EVAL]["gen_acc"],
+        )
+        phases = _install_phases(spec, bundle)
+    else:
+        if not done:
+            log(INFO, "pre-training the toy server models: %s", build_estimate(spec))
+        phases = _training_phases(spec, root, progress)
     metas = {name: _run_phase(root, name, run, f"{i}/{len(phases)}") for i, (name, run) in enumerate(phases.items(), 1)}
     report = {
         "spec_key": spec.key(),
@@ -131,6 +148,10 @@ def ensure_pretrained(
         "total_seconds": sum(m["seconds"] for m in metas.values()),
     }
     _write_atomic(root / "report.json", json.dumps(report, indent=2))
+    return _models_in(root)
+
+
+def _models_in(root: Path) -> PretrainedModels:
     return PretrainedModels(
         root=root,
         t2i=root / T2I,
@@ -138,6 +159,45 @@ def ensure_pretrained(
         judge=root / JUDGE / "judge.pt",
         reference_features=root / JUDGE / "reference_features.npy",
         report=root / "report.json",
+    )
+
+
+def _training_phases(spec: PretrainSpec, root: Path, progress: bool) -> dict[str, Callable[[Path], dict[str, Any]]]:
+    tokenizer = build_tokenizer(spec.tokenizer_max_length)
+    return {
+        JUDGE: lambda out: _train_judge_phase(spec, out, progress),
+        VAE: lambda out: _train_vae_phase(spec, root, tokenizer, out, progress),
+        T2I: lambda out: _train_t2i_phase(spec, root, tokenizer, out, progress),
+        CAPTIONER: lambda out: _train_captioner_phase(spec, tokenizer, out, progress),
+        EVAL: lambda out: _eval_phase(spec, root, out, progress),
+    }
+
+
+def build_estimate(spec: PretrainSpec) -> str:
+    """How long a from-scratch build of `spec` takes, from the phase times the shipped bundle
+    recorded for its own build (same recipe, same model sizes; budgets scaled), so the first log
+    line of a long build says what to expect."""
+    manifests = [
+        prebuilt.read_manifest(bundle)
+        for root in prebuilt.bundle_roots()
+        for bundle in (sorted(root.glob("toy-*")) if root.is_dir() else [])
+        if (bundle / prebuilt.MANIFEST).is_file()
+    ]
+    if not manifests:
+        return "no reference timing on record (tens of minutes on a 2-core CPU)"
+    built, phases = manifests[0]["spec"], manifests[0]["phases"]
+    scale = {
+        JUDGE: spec.judge_epochs / max(1, built["judge_epochs"]),
+        VAE: spec.vae_steps / max(1, built["vae_steps"]),
+        T2I: spec.t2i_steps / max(1, built["t2i_steps"]),
+        CAPTIONER: spec.captioner_steps / max(1, built["captioner_steps"]),
+        EVAL: spec.eval_per_class / max(1, built["eval_per_class"]),
+    }
+    seconds = sum(phases[name]["build_seconds"] * scale[name] for name in PHASES)
+    threads = manifests[0]["machine"]["torch_threads"]
+    return (
+        f"about {seconds / 60:.0f} min with {threads} torch threads "
+        f"(measured on {manifests[0]['machine']['description']}; this process has {torch.get_num_threads()})"
     )
 
 
@@ -238,24 +298,149 @@ def _train_captioner_phase(
         progress=progress,
     )
     cap.save_captioner(model, processor, out)
-    test_images, test_labels, _ = _split_arrays(splits.IMAGE_TEST, spec.domain)
-    accuracy = quality.caption_attribute_accuracy(cap.caption_images(model, processor, test_images), test_labels)
-    return {"train_loss": loss, "real_test_caption_acc": accuracy}
+    return {"train_loss": loss, "real_test_caption_acc": _caption_accuracy(spec, model, processor)}
 
 
 def _eval_phase(spec: PretrainSpec, root: Path, out: Path, progress: bool) -> dict[str, Any]:
+    return _evaluate(spec, t2i.load_pipeline(str(root / T2I)), root, out / "samples.png", progress)
+
+
+def _evaluate(
+    spec: PretrainSpec, pipe: StableDiffusionPipeline, root: Path, grid: Path, progress: bool
+) -> dict[str, Any]:
+    """GenAcc and domain FID of `pipe` against the judge cached in `root`, on the spec's prompts."""
     metrics = quality.evaluate_t2i(
-        t2i.load_pipeline(str(root / T2I)),
+        pipe,
         jdg.load_judge(root / JUDGE / "judge.pt"),
         np.load(root / JUDGE / "reference_features.npy"),
         per_class=spec.eval_per_class,
         seed=spec.seed + 5,
         steps=spec.eval_steps,
         guidance=spec.eval_guidance,
-        grid_path=out / "samples.png",
+        grid_path=grid,
         progress=progress,
     )
     return {**metrics, "sampler": f"DDIM {spec.eval_steps}, guidance {spec.eval_guidance}"}
+
+
+def _caption_accuracy(spec: PretrainSpec, model: Any, processor: Any) -> dict[str, float]:
+    test_images, test_labels, _ = _split_arrays(splits.IMAGE_TEST, spec.domain)
+    return quality.caption_attribute_accuracy(cap.caption_images(model, processor, test_images), test_labels)
+
+
+def _install_phases(spec: PretrainSpec, bundle: Path) -> dict[str, Callable[[Path], dict[str, Any]]]:
+    """Phases that copy a prebuilt bundle into the cache in the layout training writes, with the
+    weights back in float32 (so every later load behaves as after a local build)."""
+    recorded = prebuilt.read_manifest(bundle)["phases"]
+
+    def meta(name: str) -> dict[str, Any]:
+        return {**recorded[name], "source": f"prebuilt {bundle.name}"}
+
+    def judge(out: Path) -> dict[str, Any]:
+        shutil.copy2(bundle / JUDGE / "judge.pt", out / "judge.pt")
+        images, _, _ = _split_arrays(splits.REFERENCE, spec.domain)
+        np.save(out / "reference_features.npy", jdg.judge_features(jdg.load_judge(out / "judge.pt"), images))
+        return meta(JUDGE)
+
+    def vae(out: Path) -> dict[str, Any]:
+        AutoencoderKL.from_pretrained(bundle / T2I / "vae", dtype=torch.float32).save_pretrained(out)
+        return meta(VAE)
+
+    def denoiser(out: Path) -> dict[str, Any]:
+        _load_sd(bundle / T2I, torch.float32).save_pretrained(out)
+        return meta(T2I)
+
+    def captioner(out: Path) -> dict[str, Any]:
+        cap.save_captioner(*cap.load_captioner(str(bundle / CAPTIONER), dtype=torch.float32), out)
+        return meta(CAPTIONER)
+
+    def evaluation(out: Path) -> dict[str, Any]:
+        shutil.copy2(bundle / EVAL / "samples.png", out / "samples.png")
+        return meta(EVAL)
+
+    return {JUDGE: judge, VAE: vae, T2I: denoiser, CAPTIONER: captioner, EVAL: evaluation}
+
+
+def export_prebuilt(
+    spec: PretrainSpec, cache_root: Path | None = None, dest: Path | None = None, progress: bool = True
+) -> Path:
+    """Write the bundle of `spec`'s locally built models into `dest` (default: the package's
+    ``prebuilt/`` folder) and return its folder.
+
+    Weights are stored in float16 and the T2I model and captioner are scored again on exactly
+    those weights (the manifest's figures are the shipped models', the full-precision build's
+    are kept beside them). A cache that was itself installed from a bundle is refused: a bundle
+    must come from a build, so ``--force`` (build from scratch) goes with ``--export-prebuilt``.
+    """
+    models = ensure_pretrained(spec, cache_root, progress, use_prebuilt=False)
+    built = models.load_report()["phases"]
+    if any("source" in meta for meta in built.values()):
+        raise ValueError(f"{models.root} was installed from a prebuilt bundle; export a build (add --force)")
+    dest = dest or prebuilt.default_bundle_root()
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / f".{prebuilt.bundle_name(spec.key())}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    _load_sd(models.t2i, torch.float16).save_pretrained(tmp / T2I)
+    cap.save_captioner(*cap.load_captioner(str(models.captioner), dtype=torch.float16), tmp / CAPTIONER)
+    (tmp / JUDGE).mkdir()
+    shutil.copy2(models.judge, tmp / JUDGE / "judge.pt")
+    (tmp / EVAL).mkdir()
+    log(INFO, "scoring the float16 weights to be shipped")
+    shipped_pipe = t2i.load_pipeline(str(tmp / T2I), dtype=torch.float32)
+    shipped_eval = _evaluate(spec, shipped_pipe, models.root, tmp / EVAL / "samples.png", progress)
+    shipped_captions = _caption_accuracy(spec, *cap.load_captioner(str(tmp / CAPTIONER), dtype=torch.float32))
+    phases = {name: {**meta, "build_seconds": meta["seconds"]} for name, meta in built.items()}
+    for meta in phases.values():
+        meta.pop("seconds")
+    phases[EVAL] = {**phases[EVAL], **shipped_eval}
+    phases[CAPTIONER]["real_test_caption_acc"] = shipped_captions
+    manifest = {
+        "spec_key": spec.key(),
+        "spec": spec.as_dict(),
+        "build_command": EXPORT_COMMAND,
+        "commit": _git_commit(),
+        "built_at": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime((models.root / EVAL).stat().st_mtime)),
+        "machine": {
+            "description": f"{os.cpu_count()} CPU cores, torch {torch.__version__}",
+            "torch_threads": torch.get_num_threads(),
+        },
+        "weights_dtype": "float16",
+        "phases": phases,
+        "full_precision": {EVAL: _scores(built[EVAL]), CAPTIONER: built[CAPTIONER]["real_test_caption_acc"]},
+        "build_total_seconds": models.load_report()["total_seconds"],
+    }
+    return prebuilt.publish(tmp, dest / prebuilt.bundle_name(spec.key()), manifest)
+
+
+def _load_sd(folder: Path, dtype: torch.dtype) -> StableDiffusionPipeline:
+    """The saved pipeline as it is (scheduler included), in `dtype`."""
+    return StableDiffusionPipeline.from_pretrained(
+        folder, dtype=dtype, safety_checker=None, requires_safety_checker=False
+    )
+
+
+def _scores(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: meta[k] for k in ("gen_acc", "fid", "num_images") if k in meta}
+
+
+def _git_commit() -> str:
+    """The commit the build ran from ("unknown" outside a git checkout)."""
+    try:
+        import subprocess
+
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return out.stdout.strip() + ("+local changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _split_arrays(split: str, spec: splits.DomainSpec) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
