@@ -7,6 +7,7 @@ from the shared seed and cached per process.
 
 from __future__ import annotations
 
+import sys
 import zlib
 from dataclasses import dataclass
 from logging import INFO
@@ -20,7 +21,9 @@ from flwr.common.logger import log
 from client_app.persistence import read_state, restore_synthetic, state_file, state_root, synthetic_arrays, write_state
 from fedmmkt_strategy import protocol as P
 from fedmmkt_strategy.config import RunConfig
+from fedmmkt_strategy.memo import code_digest, memo_root, remembered
 from fedmmkt_strategy.pool_sync import CACHE as SYNTHETIC_CACHE
+from task_models import models, registry, training
 from task_models.augment import augment
 from task_models.calibration import fit_temperature
 from task_models.device import resolve_client_device
@@ -29,11 +32,13 @@ from task_models.models import TaskModel
 from task_models.node_config import parse_node_config, resolve_role
 from task_models.registry import ModelSpec, build_task_model
 from task_models.training import TrainSettings, fit_to_convergence, predict_logits
+from worlds import client_data
 from worlds.client_data import ClientData, load_client_data
 from worlds.modality import to_model_input
 from worlds.world import World
 
 MODEL_STATE = "model"
+_THIS = sys.modules[__name__]
 #: Run-config keys a client's warm-up depends on (with the world spec and the node's role).
 WARMUP_KEYS = frozenset(
     {
@@ -70,6 +75,7 @@ class ClientNode:
     model: TaskModel
 
     state_path: Path | None = None  # where this node's state survives a restart (persistence.py)
+    memo_path: Path | None = None  # where its warm-up is kept for later runs (memo.py); None: not kept
 
     @classmethod
     def from_context(cls, context: Context, run_key: str | None = None) -> ClientNode:
@@ -103,6 +109,9 @@ class ClientNode:
         )
         model.to(resolve_client_device(config.client_device))
         node = cls(config, world, role, partition_id, data, model)
+        if config.reuse_cache:  # a SuperNode's own disk (node config state-dir) wins over the run's cache-dir
+            own = node_config.state_dir
+            node.memo_path = Path(own).expanduser() / "memo" if own else memo_root(config.cache_dir)
         root = state_root(config.client_state_dir, node_config.state_dir, config.cache_dir, config.checkpoint)
         if root is not None and run_key:
             node_key = f"p{partition_id}-{role.modality}-{role.architecture}"
@@ -139,29 +148,46 @@ class ClientNode:
             self.model.load_state_dict(_WARMED_UP[key])
             self.save(context)
             return
-        settings = self.train_settings()
-        fit = fit_to_convergence(
-            self.model,
-            self.tensors("train"),
-            self.tensors("val"),
-            settings,
-            seed=self.config.seed * 1000,
-            max_epochs=self.config.client_warmup_epochs,
-            patience=self.config.client_warmup_patience,
-        )
+        names = list(self.model.state_dict())
+        memo_key = {
+            "warm-up": repr(key),
+            "weights": {name: list(t.shape) for name, t in self.model.state_dict().items()},
+            "code": code_digest(training, registry, models, client_data, sys.modules[augment.__module__], _THIS),
+        }
+        arrays, reused = remembered(self.memo_path, "client-warmup", memo_key, lambda: self._fit_to_convergence(names))
+        state = {name: torch.from_numpy(arrays[f"w{i}"]) for i, name in enumerate(names)}
+        self.model.load_state_dict(state)
+        epochs, best, accuracy = (float(v) for v in arrays["fit"])
         log(
             INFO,
-            "%s client %s: warm-up stopped after %d epochs (best %d, local-val accuracy %.3f)",
+            "%s client %s: warm-up stopped after %d epochs (best %d, local-val accuracy %.3f)%s",
             self.role.modality,
             self.role.architecture,
-            fit["epochs"],
-            fit["best-epoch"],
-            fit["val-accuracy"],
+            epochs,
+            best,
+            accuracy,
+            " [the same warm-up of an earlier run, from the cache]" if reused else "",
         )
         if len(_WARMED_UP) >= _WARMUP_CACHE_SIZE:
             _WARMED_UP.pop(next(iter(_WARMED_UP)))
         _WARMED_UP[key] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.save(context)
+
+    def _fit_to_convergence(self, names: list[str]) -> dict[str, np.ndarray]:
+        """The warm-up itself: the converged weights (in `names` order) and what the fit reports."""
+        fit = fit_to_convergence(
+            self.model,
+            self.tensors("train"),
+            self.tensors("val"),
+            self.train_settings(),
+            seed=self.config.seed * 1000,
+            max_epochs=self.config.client_warmup_epochs,
+            patience=self.config.client_warmup_patience,
+        )
+        state = self.model.state_dict()
+        arrays = {f"w{i}": state[name].detach().cpu().numpy() for i, name in enumerate(names)}
+        arrays["fit"] = np.array([fit["epochs"], fit["best-epoch"], fit["val-accuracy"]], np.float64)
+        return arrays
 
     def _warmup_key(self) -> tuple:
         """Everything a warm-up depends on: the world, the node's role, and the client-training keys."""

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 
+from fedmmkt_strategy.memo import default_cache_root
+
 MODEL_PREFIX, SYNTHETIC_PREFIX = "model/", "synthetic/"
 #: Run folders not written for this long are removed when a node starts keeping a new run: a
 #: finished run's client state is only worth keeping for a resume, and every run writes some MB.
@@ -33,9 +35,7 @@ STALE_AFTER_DAYS = 7
 def default_state_root(cache_dir: str) -> Path:
     """``<cache-dir>/client-state``; the cache dir defaults to ``$XDG_CACHE_HOME/fedmmkt`` or
     ``~/.cache/fedmmkt``, as for the server models."""
-    if cache_dir:
-        return Path(cache_dir).expanduser() / "client-state"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedmmkt" / "client-state"
+    return (Path(cache_dir).expanduser() if cache_dir else default_cache_root()) / "client-state"
 
 
 def state_root(setting: str, node_setting: str | None, cache_dir: str, checkpoint: bool) -> Path | None:

@@ -92,6 +92,7 @@ class RunConfig(BaseModel):
     t2i_model: str = LOCAL_TOY_MODEL
     captioner_model: str = LOCAL_TOY_MODEL
     cache_dir: str = ""
+    reuse_cache: bool = True  # memo.py: seeded work of earlier runs (round-0 score, round-1 pool, warm-ups)
     pretrain_seed: int = Field(0, ge=0, le=MAX_SEED)
     pretrain_judge_epochs: int = Field(60, ge=1)
     pretrain_vae_steps: int = Field(400, ge=1)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+from collections.abc import Iterator
 
-from fedmmkt_strategy.config import load_preset
+import pytest
+import torch
+from filelock import FileLock
+
+from fedmmkt_strategy.config import RunConfig, load_preset
 
 #: Run-config keys that make the server's models and rounds tiny: a plumbing check, not quality.
 MICRO_SERVER = load_preset("micro-server")
-#: Four roles (both modalities, the cheapest models), small pools, two rounds.
-TINY_FEDERATION = load_preset("micro-federation")
+#: Four roles (both modalities, the cheapest models), small pools, two rounds; each test computes
+#: its own warm-ups and generations (tests/test_memo.py checks reusing them across runs).
+TINY_FEDERATION = {**load_preset("micro-federation"), "reuse-cache": False}
 #: The in-process app tests' federation: the same, with two `cnn` image clients (FedAvg averages
 #: clients of one architecture) and a two-epoch warm-up.
 INPROCESS_FEDERATION = {
@@ -19,10 +25,37 @@ INPROCESS_FEDERATION = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (the suite's default: ``-n auto``) every worker and every process a test
+    starts gets one torch thread: two workers with two OpenMP threads each on two cores spin on
+    each other's cores and run many times slower than one after the other."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_home(tmp_path_factory) -> Iterator[None]:
+    """Default cache paths (client state, memo) of every test and the processes it starts point
+    into the session's temporary folder, never into the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def micro_cache(tmp_path_factory) -> str:
-    """A cache folder shared by every test that builds the micro server models."""
-    return str(tmp_path_factory.mktemp("fedmmkt-cache"))
+    """A cache folder with the micro server models, built once for the session: under pytest-xdist
+    by the first worker that needs them, while the others wait for it."""
+    from fedmmkt_strategy.generative.pretrain import ensure_pretrained  # diffusers: only for tests that need it
+    from fedmmkt_strategy.generative.server_models import pretrain_spec
+
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "fedmmkt-cache"
+    with FileLock(f"{folder}.lock"):
+        spec = pretrain_spec(RunConfig.from_run_config({**TINY_FEDERATION, **MICRO_SERVER}))
+        ensure_pretrained(spec, folder, progress=False)
+    return str(folder)
 
 
 @pytest.fixture(scope="session")

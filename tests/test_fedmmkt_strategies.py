@@ -8,7 +8,8 @@ from flwr.app import ArrayRecord
 
 from client_app.app import app as client_app
 from fedmmkt_strategy.config import RunConfig
-from fedmmkt_strategy.generative.server_models import load_server_models, public_replay, weights_fingerprint
+from fedmmkt_strategy.generative.server_models import load_server_models, public_replay
+from fedmmkt_strategy.memo import weights_digest
 from fedmmkt_strategy.reporting.results import RunRecorder, make_run_dir
 from fedmmkt_strategy.runs.inprocess import InProcessGrid
 from fedmmkt_strategy.strategies.factory import build_strategy
@@ -37,7 +38,7 @@ def test_runs_of_one_process_share_the_encoded_public_replay_of_equal_weights(mi
     assert public_replay(first, config) is public_replay(second, config)  # loaded twice, encoded once
     with torch.no_grad():
         next(second.vae.parameters()).add_(1e-3)
-    assert weights_fingerprint(second.vae) != weights_fingerprint(first.vae)  # other weights: a new encoding
+    assert weights_digest(second.vae) != weights_digest(first.vae)  # other weights: a new encoding
 
 
 def test_fedmmkt_round_reports_every_diagnostic(tmp_path, micro_run_config, models):

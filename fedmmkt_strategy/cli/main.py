@@ -145,7 +145,9 @@ def report_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    console = logging.StreamHandler()
+    console.addFilter(lambda record: not record.name.startswith("flwr"))  # Flower's own handler prints those
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", handlers=[console])
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2

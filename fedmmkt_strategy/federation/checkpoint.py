@@ -43,6 +43,7 @@ RESUMABLE_KEYS = frozenset(
         "run-name",
         "trackers",
         "cache-dir",
+        "reuse-cache",  # bit-identical work read back instead of recomputed
         "checkpoint",
         "client-threads",  # how fast, not what: torch threads of clients and server
         "server-threads",

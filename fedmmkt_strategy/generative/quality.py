@@ -107,17 +107,31 @@ def evaluate_t2i(
         batch_size=batch_size,
         progress=progress,
     )
+    metrics = score_t2i(judge, reference_features, images, labels, grid_path=grid_path, image_size=image_size)
+    return {**metrics, "images": images, "prompts": prompts} if keep_images else metrics
+
+
+def score_t2i(
+    judge: JudgeCNN,
+    reference_features: np.ndarray,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    grid_path: str | Path | None = None,
+    image_size: int | None = None,
+) -> dict[str, float | list[float]]:
+    """GenAcc, domain FID and per-class accuracy of generated `images` of class `labels` (resized to
+    `image_size` for the judge first, when given), and their sample grid at `grid_path`."""
     judged = resize_images(images, image_size) if image_size else images
     predictions = judge_predict(judge, judged)
     if grid_path is not None:
         save_sample_grid(judged, labels, grid_path)
-    metrics = {
+    return {
         "gen_acc": float(np.mean(predictions == labels)),
         "fid": domain_fid(reference_features, judge_features(judge, judged)),
         "per_class_acc": per_class_accuracy(predictions, labels, judge.num_classes),
         "num_images": len(images),
     }
-    return {**metrics, "images": images, "prompts": prompts} if keep_images else metrics
 
 
 def save_sample_grid(

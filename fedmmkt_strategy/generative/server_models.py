@@ -9,7 +9,6 @@ or a hub id handed to `from_pretrained`, the paper profile's path through the sa
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
@@ -29,6 +28,7 @@ from fedmmkt_strategy.generative.judge import JudgeCNN, judge_features, load_jud
 from fedmmkt_strategy.generative.pretrain import PretrainSpec, ensure_pretrained
 from fedmmkt_strategy.generative.quality import resize_images
 from fedmmkt_strategy.generative.t2i import default_size, load_pipeline
+from fedmmkt_strategy.memo import weights_digest
 from worlds import splits
 from worlds.splits import DomainSpec
 from worlds.world import World
@@ -90,7 +90,6 @@ def load_server_models(config: RunConfig) -> ServerModels:
     cache = Path(config.cache_dir).expanduser() if config.cache_dir else None
     toy = None
     if LOCAL_TOY_MODEL in (config.t2i_model, config.captioner_model):
-        log(INFO, "preparing the toy server models (pre-training them once if the cache lacks them)")
         toy = ensure_pretrained(pretrain_spec(config), cache, progress=True)
         report = toy.load_report()["phases"]["eval"]
         log(
@@ -160,17 +159,7 @@ def _replay_key(pipe: StableDiffusionPipeline, config: RunConfig) -> tuple:
     domain or the paper world), the image size, the VAE's weights and device, the tokenizer."""
     public = repr(pretrain_spec(config).domain) if config.dataset == "toy" else repr(config.world_spec)
     tokenizer = (pipe.tokenizer.name_or_path, len(pipe.tokenizer), pipe.tokenizer.model_max_length)
-    return public, default_size(pipe), str(pipe.vae.device), weights_fingerprint(pipe.vae), tokenizer
-
-
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """A digest of every parameter and buffer (names, dtypes, bytes): equal only for equal weights,
-    however the module was loaded."""
-    digest = hashlib.sha1()
-    for name, tensor in module.state_dict().items():
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().flatten().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return public, default_size(pipe), str(pipe.vae.device), weights_digest(pipe.vae), tokenizer
 
 
 def misdrawn_prompt_classes(config: RunConfig) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 from diffusers import StableDiffusionPipeline
@@ -154,18 +155,30 @@ def synthesize(
     prompt_fn: PromptFn = prompts_for_classes,
 ) -> SyntheticPool:
     """A fresh class-balanced synthetic set of `num_samples` (round 1 of the algorithm)."""
-    prompts, classes = class_balanced_prompts(num_samples, seed, num_classes, prompt_fn)
-    images, captions = generate_and_caption(
+    generator_fn = partial(
+        generate_and_caption,
         pipe,
         captioner_model,
         processor,
-        prompts,
-        seed,
         steps=steps,
         guidance=guidance,
         batch_size=batch_size,
         progress=progress,
     )
+    return fresh_pool(num_samples, seed, generator_fn, generation_round, num_classes, prompt_fn)
+
+
+def fresh_pool(
+    num_samples: int,
+    seed: int,
+    generator_fn: GeneratorFn,
+    generation_round: int = 1,
+    num_classes: int = domain.NUM_CLASSES,
+    prompt_fn: PromptFn = prompts_for_classes,
+) -> SyntheticPool:
+    """`synthesize` with any `GeneratorFn` (e.g. one that reuses earlier runs' generations)."""
+    prompts, classes = class_balanced_prompts(num_samples, seed, num_classes, prompt_fn)
+    images, captions = generator_fn(prompts, seed)
     rounds = np.full(num_samples, generation_round, np.int64)
     return SyntheticPool(images, captions, prompts, classes, rounds)
 

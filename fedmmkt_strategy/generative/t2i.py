@@ -121,7 +121,7 @@ def load_pipeline(path_or_id: str, dtype: torch.dtype | None = None, device: str
     """
     pipe = from_pretrained_or_explain(
         lambda source: StableDiffusionPipeline.from_pretrained(
-            source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+            source, dtype=dtype, safety_checker=None, requires_safety_checker=False
         ),
         path_or_id,
         "text-to-image pipeline",

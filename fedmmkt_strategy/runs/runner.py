@@ -56,6 +56,15 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any], models: ServerMode
     config = effective_config(RunConfig.from_run_config(run_config))  # a bad value stops here, before any work
     config.check_server_packages()
     use_server_threads(config.server_threads)
+    log(
+        INFO,
+        "FedMMKT on Flower: strategy %s, %d rounds, %d client roles (%s), %s world",
+        config.strategy,
+        config.num_server_rounds,
+        len(config.layout),
+        config.client_layout,
+        config.dataset,
+    )
     recorder, strategy, first = (start_resumed if config.resume else start_fresh)(config, models)
     try:
         timed = PhaseTimeoutGrid(grid, phase_timeouts(config))

@@ -36,7 +36,8 @@ from fedmmkt_strategy.federation.secure_round import secure_fuse, secure_vote
 from fedmmkt_strategy.federation.validation import check_inference_reply, sendable
 from fedmmkt_strategy.generative.finetune import DenoiserFineTuner, FineTuneSettings, PairSet
 from fedmmkt_strategy.generative.judge import judge_predict
-from fedmmkt_strategy.generative.quality import class_prompt_set, evaluate_t2i, resize_images
+from fedmmkt_strategy.generative.quality import class_prompt_set, resize_images, score_t2i
+from fedmmkt_strategy.generative.reuse import PretrainedGenerations
 from fedmmkt_strategy.generative.server_models import (
     ServerModels,
     caption_anchors,
@@ -45,14 +46,7 @@ from fedmmkt_strategy.generative.server_models import (
     public_replay,
 )
 from fedmmkt_strategy.generative.standard_metrics import clip_score, standard_fid
-from fedmmkt_strategy.generative.synthesis import (
-    SyntheticPool,
-    finetune_prompts,
-    generate_and_caption,
-    refresh,
-    synthesize,
-    world_prompts,
-)
+from fedmmkt_strategy.generative.synthesis import SyntheticPool, finetune_prompts, fresh_pool, refresh, world_prompts
 from fedmmkt_strategy.generative.t2i import denoiser_state, load_denoiser_state
 from fedmmkt_strategy.pool_sync import encode_pool_update, parts_for, rows_to_send
 from fedmmkt_strategy.reporting.results import Diagnostics, RunRecorder
@@ -108,6 +102,10 @@ class FedMMKT(FederatedStrategy):
     def __init__(self, config: RunConfig, recorder: RunRecorder, models: ServerModels | None = None):
         super().__init__(config, recorder)
         self.models = models or load_server_models(config)
+        m = self.models
+        self.generations = PretrainedGenerations(
+            m.pipe, m.captioner, m.processor, config.cache_dir if config.reuse_cache else None
+        )
         self.world = config.world()
         self.prompt_fn = world_prompts(self.world)
         self.use_vote = config.use_labvote
@@ -170,25 +168,21 @@ class FedMMKT(FederatedStrategy):
         self.recorder.record(server_round, privacy, vote_diag, fusion_diag, t2i_diag, Diagnostics(self._timings))
 
     def synthesize(self, server_round: int) -> SyntheticPool:
-        """Step 1: a fresh class-balanced pool in round 1, then a refreshed fraction each round."""
-        cfg, m = self.config, self.models
-        kwargs = dict(steps=cfg.sampling_steps, guidance=cfg.guidance_scale, batch_size=cfg.generation_batch_size)
+        """Step 1: a fresh class-balanced pool in round 1, then a refreshed fraction each round.
+        What the untouched pre-trained model renders is reused from earlier runs (`reuse.py`)."""
+        cfg = self.config
+        generator = partial(
+            self.generations.captioned,
+            steps=cfg.sampling_steps,
+            guidance=cfg.guidance_scale,
+            batch_size=cfg.generation_batch_size,
+            progress=True,
+        )
         if self.pool is None:
             log(INFO, "round %d: synthesising %d samples", server_round, cfg.synthetic_size)
-            return synthesize(
-                m.pipe,
-                m.captioner,
-                m.processor,
-                cfg.synthetic_size,
-                seed=cfg.seed * 100003,
-                generation_round=server_round,
-                progress=True,
-                num_classes=self.world.num_classes,
-                prompt_fn=self.prompt_fn,
-                **kwargs,
-            )
+            seed, classes = cfg.seed * 100003, self.world.num_classes
+            return fresh_pool(cfg.synthetic_size, seed, generator, server_round, classes, self.prompt_fn)
         log(INFO, "round %d: regenerating %.0f %% of the synthetic pool", server_round, 100 * cfg.refresh_fraction)
-        generator = partial(generate_and_caption, m.pipe, m.captioner, m.processor, progress=True, **kwargs)
         return refresh(
             self.pool,
             cfg.refresh_fraction,
@@ -592,19 +586,21 @@ class FedMMKT(FederatedStrategy):
         if m.judge is None or m.reference_features is None:
             return Diagnostics()
         start = time.perf_counter()
-        metrics = evaluate_t2i(
-            m.pipe,
-            m.judge,
-            m.reference_features,
-            per_class=per_class,
-            seed=cfg.seed + 777,
+        prompts, labels = class_prompt_set(per_class, self.world.num_classes, self.world.class_prompt)
+        images = self.generations.images(
+            prompts,
+            cfg.seed + 777,
             steps=cfg.sampling_steps,
             guidance=cfg.guidance_scale,
             batch_size=cfg.generation_batch_size,
+        )
+        metrics = score_t2i(
+            m.judge,
+            m.reference_features,
+            images,
+            labels,
             grid_path=self.recorder.run_dir / "samples" / f"round_{server_round:03d}.png",
-            prompt_set=class_prompt_set(per_class, self.world.num_classes, self.world.class_prompt),
             image_size=cfg.image_size,
-            keep_images=True,
         )
         per_class = np.asarray(metrics["per_class_acc"])
         groups = {
@@ -612,7 +608,7 @@ class FedMMKT(FederatedStrategy):
             for name, rows in self.class_groups(np.arange(len(per_class))).items()
         }
         scores = {"gen_acc": metrics["gen_acc"], "fid": metrics["fid"], "per_class_gen_acc": metrics["per_class_acc"]}
-        scores |= groups | self.standard_metrics(metrics["images"], metrics["prompts"])
+        scores |= groups | self.standard_metrics(images, prompts)
         log(INFO, "round %d: T2I GenAcc %.3f, domain FID %.2f", server_round, metrics["gen_acc"], metrics["fid"])
         return Diagnostics({**scores, "time_t2i_eval_s": time.perf_counter() - start})
 
