@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from fedmmkt_strategy.generative.loading import from_pretrained_or_explain
+from fedmmkt_strategy.generative.loading import from_pretrained_or_explain, no_loading_bars
 from fedmmkt_strategy.reporting.progress import track
 
 
@@ -66,8 +66,9 @@ def build_tiny_captioner(
 
 def save_captioner(model: BlipForConditionalGeneration, processor: BlipProcessor, path: str | Path) -> None:
     """Write model and processor into one folder, the layout of the hub's BLIP checkpoints."""
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    with no_loading_bars():
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
 
 
 def load_captioner(

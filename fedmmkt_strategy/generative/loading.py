@@ -7,9 +7,13 @@ naming the model and the fixes, whatever the library, so both loaders go through
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
+
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 T = TypeVar("T")
 
@@ -37,7 +41,8 @@ def from_pretrained_or_explain(load: Callable[[str], T], path_or_id: str, kind: 
         local folder re-raises the library's own error, which is then the informative one.
     """
     try:
-        return load(path_or_id)
+        with no_loading_bars():
+            return load(path_or_id)
     except (OSError, ValueError) as err:
         if Path(path_or_id).is_dir():
             raise
@@ -47,3 +52,20 @@ def from_pretrained_or_explain(load: Callable[[str], T], path_or_id: str, kind: 
             f"Either run once with internet access (or `hf download {path_or_id}`) so it is cached, "
             f"or pass a local folder, e.g. the ones `fedmmkt pretrain` writes for the toy world."
         ) from err
+
+
+@contextmanager
+def no_loading_bars() -> Iterator[None]:
+    """Without diffusers' and transformers' per-load progress bars ("Loading pipeline components",
+    "Loading weights"): a tiny model loads in milliseconds, and a run's log should say what the run
+    does. The libraries' own settings are restored afterwards."""
+    bars = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars[0]:
+            diffusers_logging.enable_progress_bar()
+        if bars[1]:
+            transformers_logging.enable_progress_bar()

@@ -33,6 +33,7 @@ from transformers import PreTrainedTokenizerBase
 from fedmmkt_strategy.generative import captioner as cap
 from fedmmkt_strategy.generative import judge as jdg
 from fedmmkt_strategy.generative import prebuilt, quality, t2i
+from fedmmkt_strategy.generative.loading import no_loading_bars
 from fedmmkt_strategy.memo import default_cache_root
 from worlds import domain, splits
 from worlds.tokenizer import build_tokenizer
@@ -343,7 +344,8 @@ def _install_phases(spec: PretrainSpec, bundle: Path) -> dict[str, Callable[[Pat
         return meta(JUDGE)
 
     def vae(out: Path) -> dict[str, Any]:
-        AutoencoderKL.from_pretrained(bundle / T2I / "vae", dtype=torch.float32).save_pretrained(out)
+        with no_loading_bars():
+            AutoencoderKL.from_pretrained(bundle / T2I / "vae", dtype=torch.float32).save_pretrained(out)
         return meta(VAE)
 
     def denoiser(out: Path) -> dict[str, Any]:
@@ -414,9 +416,10 @@ def export_prebuilt(
 
 def _load_sd(folder: Path, dtype: torch.dtype) -> StableDiffusionPipeline:
     """The saved pipeline as it is (scheduler included), in `dtype`."""
-    return StableDiffusionPipeline.from_pretrained(
-        folder, dtype=dtype, safety_checker=None, requires_safety_checker=False
-    )
+    with no_loading_bars():
+        return StableDiffusionPipeline.from_pretrained(
+            folder, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
 
 
 def _scores(meta: dict[str, Any]) -> dict[str, Any]:
