@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,6 +170,21 @@ def _train_epochs(
     return {**means, "num-examples": float(len(labels)), "steps": float(step), "synthetic-visits": visits}
 
 
+@contextmanager
+def seeded_global_rng(seed: int, model: TaskModel) -> Iterator[None]:
+    """Seed torch's global generators for one training call and restore them afterwards.
+
+    Batches and augmentation draw from the loop's own generator, but dropout (the `transformer`
+    client's BERT) draws from the global one. Under `flwr run` one Ray worker serves many
+    simulated nodes, in an order that changes from run to run, so without this a client's dropout
+    masks, and with them every figure of a run, depended on what its process had run before: two
+    runs of one seed did not agree."""
+    device = model_device(model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def _optimiser(model: TaskModel, settings: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
@@ -187,9 +203,10 @@ def train_model(
     spread over the private batches (`synthetic_schedule`).
     """
     generator = torch.Generator().manual_seed(seed)
-    stats = _train_epochs(
-        model, _optimiser(model, settings), inputs, labels, settings, settings.epochs, generator, distill
-    )
+    with seeded_global_rng(seed, model):
+        stats = _train_epochs(
+            model, _optimiser(model, settings), inputs, labels, settings, settings.epochs, generator, distill
+        )
     return {**stats, "synthetic-rows": float(0 if distill is None else len(distill.inputs))}
 
 
@@ -210,6 +227,19 @@ def fit_to_convergence(
     it trained rather than whether it is right. Ties in accuracy go to the lower validation loss.
     With an empty validation split it trains exactly `max_epochs` epochs.
     """
+    with seeded_global_rng(seed, model):
+        return _fit_to_convergence(model, train, validation, settings, seed, max_epochs, patience)
+
+
+def _fit_to_convergence(
+    model: TaskModel,
+    train: tuple[torch.Tensor, torch.Tensor],
+    validation: tuple[torch.Tensor, torch.Tensor],
+    settings: TrainSettings,
+    seed: int,
+    max_epochs: int,
+    patience: int,
+) -> dict[str, float]:
     generator = torch.Generator().manual_seed(seed)
     optimiser = _optimiser(model, settings)
     x, y = train

@@ -244,3 +244,21 @@ def test_augmentation_sees_every_batch_private_and_synthetic_rows_together():
     targets = DistillTargets(inputs=_inputs("image", 10), soft_labels=torch.full((10, 24), 1 / 24), passes=1.0)
     train_model(model, x, y, TrainSettings(epochs=1, batch_size=16, augment=spy), seed=0, distill=targets)
     assert seen == [16 + 4, 16 + 3, 8 + 3]
+
+
+def test_training_with_dropout_does_not_depend_on_what_the_process_ran_before():
+    """A Ray worker serves many simulated nodes in an order that varies from run to run: the
+    `transformer` client's dropout must not draw from where the global generator happens to be,
+    and training must leave that generator as it found it."""
+    labels = torch.arange(48) % 24
+    x = to_model_input("text", [f"a red flower with {n} petals" for n in range(48)])
+    weights = []
+    for history in (0, 1):
+        model = registry.build_task_model("transformer", SPEC, seed=0)
+        torch.manual_seed(history)  # another process history
+        before = torch.random.get_rng_state()
+        train_model(model, x, labels, TrainSettings(epochs=1, batch_size=16), seed=3)
+        fit_to_convergence(model, (x, labels), (x, labels), TrainSettings(batch_size=16), 4, max_epochs=2, patience=1)
+        assert torch.equal(torch.random.get_rng_state(), before)
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
