@@ -20,6 +20,7 @@ slows a 2-thread torch job many times over (README, "one heavy job at a time").
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -218,6 +219,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="a handful of steps per phase (smoke check)")
     args = parser.parse_args(argv)
     spec = pretrain_spec(RunConfig.from_run_config(project_defaults()))
+    if args.quick:  # small splits and batches: the same code paths in seconds
+        domain_spec = dataclasses.replace(spec.domain, public_size=48, reference_per_class=2, test_per_class=1)
+        spec = dataclasses.replace(spec, domain=domain_spec, batch_size=8)
     steps = QUICK_STEPS if args.quick else STEPS
     torch.manual_seed(0)
     phases = {

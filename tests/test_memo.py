@@ -73,9 +73,11 @@ def test_the_untouched_t2i_model_is_rendered_once_per_cache(tmp_path, micro_run_
             models.pipe.unet.conv_in.bias -= 0.1
 
 
-def test_a_second_run_reuses_the_first_ones_work_and_reports_the_same(tmp_path, micro_run_config, caplog):
+def test_a_second_run_reuses_the_first_ones_work_and_reports_the_same(tmp_path, micro_run_config, caplog, monkeypatch):
     """Round-0 score, round-1 pool and warm-ups come from the memo; every figure is unchanged."""
     import client_app.node as node_module
+
+    monkeypatch.setattr(node_module, "_WARMED_UP", {})  # other tests of this process warmed these clients up
 
     cache = tmp_path / "cache"  # the micro server models, and a memo of this test's own
     spec = pretrain_spec(RunConfig.from_run_config(micro_run_config))
