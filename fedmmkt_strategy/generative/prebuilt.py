@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable
-from logging import WARNING
+from logging import DEBUG, WARNING
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlparse
 from flwr.common.logger import log
 
 MANIFEST = "manifest.json"
+_WITHOUT_WEIGHTS = " (a copy without the weights, e.g. a FAB)"
 #: Where bundles live inside the package (so a wheel carries them too).
 PACKAGE_SUBDIR = Path("fedmmkt_strategy") / "generative" / "prebuilt"
 _DISTRIBUTION = "fedmmkt"
@@ -79,7 +80,8 @@ def find_bundle(spec: dict[str, Any], spec_key: str, roots: Iterable[Path] | Non
     """The first bundle built for exactly this spec whose files are all intact, or None.
 
     A bundle whose manifest names this key but differs or is damaged is skipped with a logged
-    reason (the caller then pre-trains), never loaded."""
+    warning (the caller then pre-trains), never loaded. One without its weights is the FAB's copy
+    of the code (`bundle_roots`): skipped quietly, the installed project's copy comes next."""
     for root in roots if roots is not None else bundle_roots():
         bundle = root / bundle_name(spec_key)
         if not (bundle / MANIFEST).is_file():
@@ -87,7 +89,12 @@ def find_bundle(spec: dict[str, Any], spec_key: str, roots: Iterable[Path] | Non
         problem = bundle_problem(bundle, spec, spec_key)
         if problem is None:
             return bundle
-        log(WARNING, "prebuilt server models in %s not used: %s", bundle, problem)
+        log(
+            DEBUG if problem.endswith(_WITHOUT_WEIGHTS) else WARNING,
+            "prebuilt models in %s not used: %s",
+            bundle,
+            problem,
+        )
     return None
 
 
@@ -99,7 +106,7 @@ def bundle_problem(bundle: Path, spec: dict[str, Any], spec_key: str) -> str | N
     for name, digest in manifest.get("files", {}).items():
         path = bundle / name
         if not path.is_file():
-            return f"{name} is missing (a checkout without the weights, e.g. a FAB)"
+            return f"{name} is missing{_WITHOUT_WEIGHTS}"
         if sha256(path) != digest:
             return f"{name} does not match its SHA-256 in {MANIFEST}"
     return None
