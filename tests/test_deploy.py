@@ -5,6 +5,7 @@ with an unregistered key is refused. Every process started is stopped by its pid
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from fedmmkt_strategy.cli.deploy import DeploySettings, online_nodes, start_supernode, supernode_command
-from fedmmkt_strategy.cli.flower_processes import flower_env
+from fedmmkt_strategy.cli.flower_processes import first_free_port, flower_env
 from fedmmkt_strategy.cli.pki import make_node_key, make_server_credentials
 from tests.deployment import LAYOUT, NUM_NODES, deploy_run_config, submit_deployed, wait_for_deployed_run, wait_for_exit
 
@@ -44,6 +45,14 @@ def test_supernode_command_is_secure_only_with_a_ca():
     secure = supernode_command("127.0.0.1:1", 2, "partition-id=0", Path("ca.crt"), Path("k"))
     assert "--insecure" not in secure and secure[secure.index("--auth-supernode-private-key") + 1] == "k"
     assert "--insecure" in supernode_command("127.0.0.1:1", 2, "partition-id=0")
+
+
+def test_a_taken_port_of_the_planned_range_is_skipped():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        assert first_free_port(port) > port
+        assert first_free_port(port, taken={port + 1}) > port + 1
 
 
 def test_settings_name_the_bad_option(tmp_path: Path):

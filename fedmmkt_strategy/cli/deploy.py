@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from fedmmkt_strategy.cli.flower_processes import (
     BIN,
     FlowerProcessError,
+    first_free_port,
     flower_env,
     is_running,
     launch,
@@ -161,7 +162,8 @@ def start_supernode(
         node["public-key"] = str(key.with_name(key.name + ".pub"))
         if register:
             node["node-id"] = register_node(Path(node["public-key"]), env)
-    node["port"] = state["node-port-base"] + len(state["supernodes"])
+    taken = {n["port"] for n in state["supernodes"]}
+    node["port"] = first_free_port(state["node-port-base"] + len(state["supernodes"]), taken)
     ca = Path(state["ca-cert"]) if state["ca-cert"] else None
     cmd = supernode_command(state["address"], node["port"], format_node_config(node_config), ca, key)
     # Each node gets its own FLWR_HOME: nodes unpack the app bundle there, and must not race.

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def first_free_port(start: int, taken: Collection[int] = (), tries: int = 200) -> int:
+    """The first port from `start` up that is not in `taken` and binds on loopback now: a port of
+    a planned range may be held by another program (or an outgoing connection's ephemeral port)."""
+    for port in range(start, min(start + tries, 65536)):
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free loopback port in {start}-{start + tries - 1}")
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
