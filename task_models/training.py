@@ -228,36 +228,24 @@ def fit_to_convergence(
     With an empty validation split it trains exactly `max_epochs` epochs.
     """
     with seeded_global_rng(seed, model):
-        return _fit_to_convergence(model, train, validation, settings, seed, max_epochs, patience)
-
-
-def _fit_to_convergence(
-    model: TaskModel,
-    train: tuple[torch.Tensor, torch.Tensor],
-    validation: tuple[torch.Tensor, torch.Tensor],
-    settings: TrainSettings,
-    seed: int,
-    max_epochs: int,
-    patience: int,
-) -> dict[str, float]:
-    generator = torch.Generator().manual_seed(seed)
-    optimiser = _optimiser(model, settings)
-    x, y = train
-    if len(validation[1]) == 0:
-        _train_epochs(model, optimiser, x, y, settings, max_epochs, generator)
-        return {"epochs": float(max_epochs), "best-epoch": float(max_epochs), "val-accuracy": float("nan")}
-    best = (-1.0, float("inf"))
-    best_state, best_epoch, epoch = None, 0, 0
-    for epoch in range(1, max_epochs + 1):
-        _train_epochs(model, optimiser, x, y, settings, 1, generator)
-        val = evaluate_model(model, *validation)
-        if (val["accuracy"], -val["loss"]) > (best[0], -best[1]):
-            best, best_epoch = (val["accuracy"], val["loss"]), epoch
-            best_state = copy.deepcopy(model.state_dict())
-        elif epoch - best_epoch >= patience:
-            break
-    model.load_state_dict(best_state)
-    return {"epochs": float(epoch), "best-epoch": float(best_epoch), "val-accuracy": best[0]}
+        generator = torch.Generator().manual_seed(seed)
+        optimiser = _optimiser(model, settings)
+        x, y = train
+        if len(validation[1]) == 0:
+            _train_epochs(model, optimiser, x, y, settings, max_epochs, generator)
+            return {"epochs": float(max_epochs), "best-epoch": float(max_epochs), "val-accuracy": float("nan")}
+        best = (-1.0, float("inf"))
+        best_state, best_epoch, epoch = None, 0, 0
+        for epoch in range(1, max_epochs + 1):
+            _train_epochs(model, optimiser, x, y, settings, 1, generator)
+            val = evaluate_model(model, *validation)
+            if (val["accuracy"], -val["loss"]) > (best[0], -best[1]):
+                best, best_epoch = (val["accuracy"], val["loss"]), epoch
+                best_state = copy.deepcopy(model.state_dict())
+            elif epoch - best_epoch >= patience:
+                break
+        model.load_state_dict(best_state)
+        return {"epochs": float(epoch), "best-epoch": float(best_epoch), "val-accuracy": best[0]}
 
 
 @torch.no_grad()
