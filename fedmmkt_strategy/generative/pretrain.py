@@ -252,7 +252,8 @@ def _train_vae_phase(
         seed=spec.seed + 2,
         progress=progress,
     )
-    vae.save_pretrained(out)
+    with no_loading_bars():
+        vae.save_pretrained(out)
     test_images, test_labels, _ = _split_arrays(splits.IMAGE_TEST, spec.domain)
     judge = jdg.load_judge(root / JUDGE / "judge.pt")
     return {
@@ -278,7 +279,8 @@ def _train_t2i_phase(
         seed=spec.seed + 3,
         progress=progress,
     )
-    pipe.save_pretrained(out)
+    with no_loading_bars():  # no "Writing model shards" bar in the phase's progress
+        pipe.save_pretrained(out)
     return {"train_loss": loss}
 
 
@@ -382,7 +384,8 @@ def export_prebuilt(
     dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / f".{prebuilt.bundle_name(spec.key())}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    _load_sd(models.t2i, torch.float16).save_pretrained(tmp / T2I)
+    with no_loading_bars():
+        _load_sd(models.t2i, torch.float16).save_pretrained(tmp / T2I)
     cap.save_captioner(*cap.load_captioner(str(models.captioner), dtype=torch.float16), tmp / CAPTIONER)
     (tmp / JUDGE).mkdir()
     shutil.copy2(models.judge, tmp / JUDGE / "judge.pt")
