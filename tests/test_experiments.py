@@ -32,3 +32,15 @@ def test_retrieval_counts_instances_and_classes():
     keys = np.array([[1.0, 0, 0], [0.9, 0.1, 0], [0, 0, 1.0]])
     out = retrieval(queries, keys, classes=np.array([0, 0, 1]))
     assert out == {"instance_top1": 2 / 3, "class_top1": 1.0}
+
+
+def test_accuracy_splits_into_the_classes_a_client_holds_and_lacks():
+    import numpy as np
+
+    from experiments.transfer import held_and_lacked_accuracy
+
+    labels = np.array([0, 0, 1, 2, 2, 3])
+    predictions = np.array([0, 1, 1, 2, 0, 0])
+    out = held_and_lacked_accuracy(predictions, labels, held=np.array([0, 1]))
+    assert out == {"held": 2 / 3, "lacked": 1 / 3, "held_rows": 3, "lacked_rows": 3}
+    assert np.isnan(held_and_lacked_accuracy(predictions, labels, held=np.arange(4))["lacked"])
