@@ -55,6 +55,11 @@ def held_and_lacked_accuracy(predictions: np.ndarray, labels: np.ndarray, held: 
     }
 
 
+def scored(model, inputs: torch.Tensor, labels: np.ndarray, held: np.ndarray) -> dict[str, float]:
+    """`held_and_lacked_accuracy` of the model's top-1 predictions on a test split."""
+    return held_and_lacked_accuracy(predict_logits(model, inputs).argmax(-1).numpy(), labels, held)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.splitlines()[0])
     p.set_defaults(seed=100)
@@ -103,17 +108,14 @@ def main(argv: list[str] | None = None) -> dict:
         test_x, test_y = to_model_input("image", data.global_test.inputs), np.asarray(data.global_test.labels)
         held = np.unique(data.train.labels)
 
-        def scored(model) -> dict[str, float]:
-            return held_and_lacked_accuracy(predict_logits(model, test_x).argmax(-1).numpy(), test_y, held)
-
         row: dict = {"held_classes": len(held)}
         for labelling in LABELLINGS:
             model = build_task_model(entry.architecture, spec, seed=config.seed)
             fit_to_convergence(model, (x, y), val, settings, config.seed, config.client_warmup_epochs, 10)
-            row["converged"] = scored(model)  # the same seeds: equal for both labellings
+            row["converged"] = scored(model, test_x, test_y, held)  # the same seeds: equal for both labellings
             for r in range(1, args.rounds + 1):
                 train_model(model, x, y, settings, seed=r, distill=targets(labels[labelling]))
-            row[labelling] = scored(model)
+            row[labelling] = scored(model, test_x, test_y, held)
         results["clients"][f"{entry.architecture}@{partition}"] = row
         say(f"{entry.architecture} {partition}: {row}")
     clients = results["clients"]
