@@ -47,7 +47,7 @@ def compare_main(argv: list[str]) -> int:
         seeds = sorted({r["seed"] for runs in results.values() for r in runs})
         header = (
             f"Comparison over seeds {seeds}, {len(results)} variants; final-round global-test accuracy; "
-            f"merged from {', '.join(str(f) for f in folders)}."
+            f"merged from {', '.join(f.name for f in folders)}."  # folder names: the header is committed
         )
         write_outputs(results, args.out, header)
         print(f"merged comparison written to {args.out}/")

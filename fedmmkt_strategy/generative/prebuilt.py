@@ -133,9 +133,21 @@ def file_digests(folder: Path) -> dict[str, str]:
     }
 
 
+def relative_config_paths(folder: Path) -> None:
+    """diffusers writes the folder a model was loaded from into its configs' `_name_or_path`: in a
+    bundle, the building machine's cache path. Point each at its own folder, relative to the
+    bundle, so a shipped bundle names no machine's paths (loading overrides the field anyway)."""
+    for path in sorted(folder.rglob("*.json")):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and Path(str(config.get("_name_or_path", ""))).is_absolute():
+            config["_name_or_path"] = path.parent.relative_to(folder).as_posix()
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def publish(tmp: Path, final: Path, manifest: dict[str, Any]) -> Path:
     """Write the manifest (with every file's digest) into `tmp` and move it to `final`,
     replacing an older bundle of the same spec."""
+    relative_config_paths(tmp)
     manifest = {**manifest, "files": file_digests(tmp)}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(final, ignore_errors=True)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,16 @@ def test_an_export_holds_float16_weights_scored_again_and_their_digests(exported
     assert manifest["full_precision"]["eval"]["num_images"] == 24
     assert all("build_seconds" in manifest["phases"][name] for name in PHASES)
     assert not (bundle / "judge" / "reference_features.npy").exists()  # recomputed on install
+    assert not absolute_paths_in_configs(bundle)
+
+
+def absolute_paths_in_configs(bundle) -> list[str]:
+    """Every config of `bundle` that names an absolute path (e.g. the builder's cache)."""
+    return [
+        str(path)
+        for path in bundle.rglob("*.json")
+        if Path(str(json.loads(path.read_text()).get("_name_or_path", ""))).is_absolute()
+    ]
 
 
 def test_a_fresh_cache_installs_the_bundle_without_training(exported, tmp_path, monkeypatch, caplog):
@@ -118,3 +129,4 @@ def test_the_default_run_config_has_its_shipped_bundle():
     manifest = prebuilt.read_manifest(bundle)
     assert manifest["phases"]["eval"]["num_images"] >= 240
     assert json.dumps(manifest["spec"], sort_keys=True) == json.dumps(spec.as_dict(), sort_keys=True)
+    assert not absolute_paths_in_configs(bundle)  # nothing of the building machine is shipped
