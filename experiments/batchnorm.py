@@ -18,10 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments.common import base_config, parser, write_outputs
+from experiments.common import base_config, hard_label_targets, parser, pretrained_pool, write_outputs
 from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.generative.server_models import load_server_models
-from fedmmkt_strategy.generative.synthesis import synthesize
 from fedmmkt_strategy.reporting.progress import say, track
 from task_models.registry import ModelSpec, build_task_model
 from task_models.training import (
@@ -84,25 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     config = RunConfig.from_run_config(base_config(args))
     world, models = config.world(), load_server_models(config)
-    pool = synthesize(
-        models.pipe,
-        models.captioner,
-        models.processor,
-        config.synthetic_size,
-        seed=config.seed,
-        steps=config.sampling_steps,
-        guidance=config.guidance_scale,
-        num_classes=world.num_classes,
-    )
+    pool = pretrained_pool(config, models, world.num_classes)
     synthetic = to_model_input("image", pool.images)
-    targets = DistillTargets(
-        inputs=synthetic,
-        soft_labels=F.one_hot(torch.as_tensor(pool.classes), world.num_classes).float(),
-        temperature=config.distill_temperature,
-        lambda_kl=config.lambda_kl,
-        lambda_rep=0.0,
-        passes=config.distill_passes,
-    )
+    targets = hard_label_targets(synthetic, pool.classes, config, world.num_classes)
     spec = ModelSpec(world.num_classes, config.fusion_dim, len(world.tokenizer()), config.image_size)
     settings = TrainSettings(epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size)
     images = [e for e in config.layout if e.modality == "image"]

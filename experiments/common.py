@@ -246,3 +246,38 @@ def write_outputs(args: argparse.Namespace, name: str, results: dict[str, Any], 
     plt.close(fig)
     print(f"wrote {args.out / f'{name}.json'} and {png}")
     return png
+
+
+def pretrained_pool(config: RunConfig, models: Any, num_classes: int) -> Any:
+    """The pre-trained server models' synthetic pool at the run config's size, sampler and seed:
+    what a first round would send, for experiments that train clients on it directly."""
+    from fedmmkt_strategy.generative.synthesis import synthesize
+
+    return synthesize(
+        models.pipe,
+        models.captioner,
+        models.processor,
+        config.synthetic_size,
+        seed=config.seed,
+        steps=config.sampling_steps,
+        guidance=config.guidance_scale,
+        num_classes=num_classes,
+    )
+
+
+def hard_label_targets(inputs: Any, classes: np.ndarray, config: RunConfig, num_classes: int) -> Any:
+    """Distillation targets that are one-hot labels (no representation term), with the run
+    config's temperature, weight and passes: a client trained as if every vote were `classes`."""
+    import torch
+    import torch.nn.functional as F
+
+    from task_models.training import DistillTargets
+
+    return DistillTargets(
+        inputs=inputs,
+        soft_labels=F.one_hot(torch.as_tensor(np.asarray(classes)), num_classes).float(),
+        temperature=config.distill_temperature,
+        lambda_kl=config.lambda_kl,
+        lambda_rep=0.0,
+        passes=config.distill_passes,
+    )

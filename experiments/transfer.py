@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from experiments.common import base_config, parser, write_outputs
+from experiments.common import base_config, hard_label_targets, parser, pretrained_pool, write_outputs
 from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.generative.judge import judge_predict
 from fedmmkt_strategy.generative.server_models import load_server_models
-from fedmmkt_strategy.generative.synthesis import synthesize
 from fedmmkt_strategy.reporting.progress import say, track
 from task_models.registry import ModelSpec, build_task_model
-from task_models.training import DistillTargets, TrainSettings, fit_to_convergence, predict_logits, train_model
+from task_models.training import TrainSettings, fit_to_convergence, predict_logits, train_model
 from worlds.client_data import load_client_data
 from worlds.modality import to_model_input
 
@@ -67,28 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     config = RunConfig.from_run_config(base_config(args))
     world, models = config.world(), load_server_models(config)
-    pool = synthesize(
-        models.pipe,
-        models.captioner,
-        models.processor,
-        config.synthetic_size,
-        seed=config.seed,
-        steps=config.sampling_steps,
-        guidance=config.guidance_scale,
-        num_classes=world.num_classes,
-    )
+    pool = pretrained_pool(config, models, world.num_classes)
     labels = {"prompt": np.asarray(pool.classes), "judge": judge_predict(models.judge, pool.images)}
     synthetic = to_model_input("image", pool.images)
-
-    def targets(classes: np.ndarray) -> DistillTargets:
-        return DistillTargets(
-            inputs=synthetic,
-            soft_labels=F.one_hot(torch.as_tensor(classes), world.num_classes).float(),
-            temperature=config.distill_temperature,
-            lambda_kl=config.lambda_kl,
-            lambda_rep=0.0,
-            passes=config.distill_passes,
-        )
+    targets = {
+        name: hard_label_targets(synthetic, classes, config, world.num_classes) for name, classes in labels.items()
+    }
 
     spec = ModelSpec(world.num_classes, config.fusion_dim, len(world.tokenizer()), config.image_size)
     settings = TrainSettings(epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size)
@@ -114,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
             fit_to_convergence(model, (x, y), val, settings, config.seed, config.client_warmup_epochs, 10)
             row["converged"] = scored(model, test_x, test_y, held)  # the same seeds: equal for both labellings
             for r in range(1, args.rounds + 1):
-                train_model(model, x, y, settings, seed=r, distill=targets(labels[labelling]))
+                train_model(model, x, y, settings, seed=r, distill=targets[labelling])
             row[labelling] = scored(model, test_x, test_y, held)
         results["clients"][f"{entry.architecture}@{partition}"] = row
         say(f"{entry.architecture} {partition}: {row}")
