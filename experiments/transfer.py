@@ -19,6 +19,9 @@ on the classes it lacks, after convergence and after each labelling.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -58,6 +61,58 @@ def scored(model, inputs: torch.Tensor, labels: np.ndarray, held: np.ndarray) ->
     return held_and_lacked_accuracy(predict_logits(model, inputs).argmax(-1).numpy(), labels, held)
 
 
+@dataclass
+class ImageClient:
+    """One image client of the layout, converged on its private data: what the experiments train on."""
+
+    name: str
+    model: torch.nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: np.ndarray
+    held: np.ndarray  # the classes with any private training row
+
+
+def converged_image_clients(config: RunConfig, world) -> list[ImageClient]:
+    """Every image client of the layout, trained to convergence on its private split (early stopping
+    on its own validation split), as a client joins round 1."""
+    spec = ModelSpec(world.num_classes, config.fusion_dim, len(world.tokenizer()), config.image_size)
+    entries = [e for e in config.layout if e.modality == "image"]
+    clients = []
+    for partition, entry in track(enumerate(entries), "converge", "client", total=len(entries), every=0):
+        data = load_client_data(
+            world, "image", partition, len(entries), config.dirichlet_alpha, config.local_test_fraction,
+            config.local_val_fraction,
+        )  # fmt: skip
+        x, y = to_model_input("image", data.train.inputs), torch.as_tensor(data.train.labels)
+        val = (to_model_input("image", data.val.inputs), torch.as_tensor(data.val.labels))
+        model = build_task_model(entry.architecture, spec, seed=config.seed)
+        fit_to_convergence(model, (x, y), val, train_settings(config), config.seed, config.client_warmup_epochs, 10)
+        clients.append(
+            ImageClient(
+                f"{entry.architecture}@{partition}", model, x, y,
+                to_model_input("image", data.global_test.inputs), np.asarray(data.global_test.labels),
+                np.unique(data.train.labels),
+            )
+        )  # fmt: skip
+    return clients
+
+
+def train_settings(config: RunConfig) -> TrainSettings:
+    """The clients' per-round training settings of the run config."""
+    return TrainSettings(epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size)
+
+
+def after_synthetic(client: ImageClient, targets, rounds: int, config: RunConfig) -> dict[str, float]:
+    """`scored` on the global test split after `rounds` rounds of private training with `targets`
+    distilled, starting from a copy of the converged model (the client itself is left as it is)."""
+    model = copy.deepcopy(client.model)
+    for r in range(1, rounds + 1):
+        train_model(model, client.x, client.y, train_settings(config), seed=r, distill=targets)
+    return scored(model, client.test_x, client.test_y, client.held)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.splitlines()[0])
     p.set_defaults(seed=100)
@@ -71,35 +126,18 @@ def main(argv: list[str] | None = None) -> dict:
     targets = {
         name: hard_label_targets(synthetic, classes, config, world.num_classes) for name, classes in labels.items()
     }
-
-    spec = ModelSpec(world.num_classes, config.fusion_dim, len(world.tokenizer()), config.image_size)
-    settings = TrainSettings(epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size)
-    images = [e for e in config.layout if e.modality == "image"]
     results: dict = {
         "seed": config.seed,
         "judge_prompt_agreement": float((labels["judge"] == labels["prompt"]).mean()),
         "clients": {},
     }
-    for partition, entry in track(enumerate(images), "transfer", "client", total=len(images), every=0):
-        data = load_client_data(
-            world, "image", partition, len(images), config.dirichlet_alpha, config.local_test_fraction,
-            config.local_val_fraction,
-        )  # fmt: skip
-        x, y = to_model_input("image", data.train.inputs), torch.as_tensor(data.train.labels)
-        val = (to_model_input("image", data.val.inputs), torch.as_tensor(data.val.labels))
-        test_x, test_y = to_model_input("image", data.global_test.inputs), np.asarray(data.global_test.labels)
-        held = np.unique(data.train.labels)
-
-        row: dict = {"held_classes": len(held)}
+    for client in converged_image_clients(config, world):
+        row: dict = {"held_classes": len(client.held)}
+        row["converged"] = scored(client.model, client.test_x, client.test_y, client.held)
         for labelling in LABELLINGS:
-            model = build_task_model(entry.architecture, spec, seed=config.seed)
-            fit_to_convergence(model, (x, y), val, settings, config.seed, config.client_warmup_epochs, 10)
-            row["converged"] = scored(model, test_x, test_y, held)  # the same seeds: equal for both labellings
-            for r in range(1, args.rounds + 1):
-                train_model(model, x, y, settings, seed=r, distill=targets[labelling])
-            row[labelling] = scored(model, test_x, test_y, held)
-        results["clients"][f"{entry.architecture}@{partition}"] = row
-        say(f"{entry.architecture} {partition}: {row}")
+            row[labelling] = after_synthetic(client, targets[labelling], args.rounds, config)
+        results["clients"][client.name] = row
+        say(f"{client.name}: {row}")
     clients = results["clients"]
     for stage in ("converged", *LABELLINGS):
         for group in ("held", "lacked"):

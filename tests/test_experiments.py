@@ -44,3 +44,27 @@ def test_accuracy_splits_into_the_classes_a_client_holds_and_lacks():
     out = held_and_lacked_accuracy(predictions, labels, held=np.array([0, 1]))
     assert out == {"held": 2 / 3, "lacked": 1 / 3, "held_rows": 3, "lacked_rows": 3}
     assert np.isnan(held_and_lacked_accuracy(predictions, labels, held=np.arange(4))["lacked"])
+
+
+def test_prompt_agreement_splits_into_misdrawn_and_clean_classes():
+    import numpy as np
+
+    from experiments.fidelity import prompt_agreement_by_group
+
+    prompted = np.array([0, 0, 1, 1, 2, 2])
+    judged = np.array([0, 1, 1, 1, 0, 0])
+    out = prompt_agreement_by_group(judged, prompted, misdrawn=np.array([0]))
+    assert out == {"all": 0.5, "misdrawn": 0.5, "clean": 0.5}
+    out = prompt_agreement_by_group(judged, prompted, misdrawn=np.array([1]))
+    assert out == {"all": 0.5, "misdrawn": 1.0, "clean": 0.25}
+    assert np.isnan(prompt_agreement_by_group(judged, prompted, misdrawn=np.zeros(0))["misdrawn"])
+
+
+def test_guidance_scales_below_one_are_refused_by_name():
+    import pytest
+
+    from experiments.fidelity import parse_scales
+
+    assert parse_scales("1.5, 3,8") == [1.5, 3.0, 8.0]
+    with pytest.raises(ValueError, match="--guidance-scales"):
+        parse_scales("0.5,3")
