@@ -196,16 +196,8 @@ class ClientNode:
         return (self.config.world_spec, self.role, keys)
 
     def train_settings(self, epochs: int = 1) -> TrainSettings:
-        """The node's optimiser settings; image nodes augment with blur, noise and flips when
-        ``client-augment = "blur-noise"`` (every strategy alike, `local` included)."""
-        augmenting = self.config.client_augment == "blur-noise" and self.role.modality == "image"
-        return TrainSettings(
-            epochs=epochs,
-            lr=self.config.lr,
-            batch_size=self.config.batch_size,
-            augment=augment if augmenting else None,
-            amp=self.config.client_amp,
-        )
+        """The node's optimiser settings (`client_train_settings` of its modality)."""
+        return client_train_settings(self.config, self.role.modality, epochs)
 
     def vote_temperature(self) -> float:
         """The temperature of the probabilities this node sends: 1, or with ``client-calibration =
@@ -263,3 +255,17 @@ class ClientNode:
         """Raw images or texts of this node's modality as its model's input (the world's tokenizer;
         the toy one is encoded without `transformers`)."""
         return to_model_input(self.role.modality, raw, self.world.hub_tokenizer())
+
+
+def client_train_settings(config: RunConfig, modality: str, epochs: int = 1) -> TrainSettings:
+    """A client's optimiser settings under `config`; image clients augment with blur, noise and flips
+    when ``client-augment = "blur-noise"`` (every strategy alike, `local` included). Experiments that
+    train clients outside a federation use it too, so they measure the clients' own recipe."""
+    augmenting = config.client_augment == "blur-noise" and modality == "image"
+    return TrainSettings(
+        epochs=epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        augment=augment if augmenting else None,
+        amp=config.client_amp,
+    )

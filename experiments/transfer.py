@@ -5,7 +5,8 @@ same architectures reach 0.97-0.99 once every class is seen (docs/results/README
 where the gain lands. On a development world (default seed 100, never a reported seed), each image
 client converges on its private data, then trains `--rounds` rounds of `local-epochs` with the
 pre-trained server model's synthetic images (`distill-passes` visits per row, one forward with the
-private batch, as clients do) under two labellings:
+private batch, with the clients' augmentation, warm-up seed and patience: `client_train_settings`)
+under two labellings:
 
 - `prompt`: the class the server asked for (what a vote that agrees with the prompt gives);
 - `judge`: the class the held-out judge sees in the image (an oracle for perfect votes).
@@ -25,13 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from client_app.node import client_train_settings
 from experiments.common import base_config, hard_label_targets, parser, pretrained_pool, write_outputs
 from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.generative.judge import judge_predict
 from fedmmkt_strategy.generative.server_models import load_server_models
 from fedmmkt_strategy.reporting.progress import say, track
 from task_models.registry import ModelSpec, build_task_model
-from task_models.training import TrainSettings, fit_to_convergence, predict_logits, train_model
+from task_models.training import fit_to_convergence, predict_logits, train_model
 from worlds.client_data import load_client_data
 from worlds.modality import to_model_input
 
@@ -88,7 +90,10 @@ def converged_image_clients(config: RunConfig, world) -> list[ImageClient]:
         x, y = to_model_input("image", data.train.inputs), torch.as_tensor(data.train.labels)
         val = (to_model_input("image", data.val.inputs), torch.as_tensor(data.val.labels))
         model = build_task_model(entry.architecture, spec, seed=config.seed)
-        fit_to_convergence(model, (x, y), val, train_settings(config), config.seed, config.client_warmup_epochs, 10)
+        fit_to_convergence(
+            model, (x, y), val, client_train_settings(config, "image"), config.seed * 1000,
+            config.client_warmup_epochs, config.client_warmup_patience,
+        )  # fmt: skip
         clients.append(
             ImageClient(
                 f"{entry.architecture}@{partition}", model, x, y,
@@ -99,17 +104,13 @@ def converged_image_clients(config: RunConfig, world) -> list[ImageClient]:
     return clients
 
 
-def train_settings(config: RunConfig) -> TrainSettings:
-    """The clients' per-round training settings of the run config."""
-    return TrainSettings(epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size)
-
-
 def after_synthetic(client: ImageClient, targets, rounds: int, config: RunConfig) -> dict[str, float]:
     """`scored` on the global test split after `rounds` rounds of private training with `targets`
     distilled, starting from a copy of the converged model (the client itself is left as it is)."""
     model = copy.deepcopy(client.model)
+    settings = client_train_settings(config, "image", config.local_epochs)
     for r in range(1, rounds + 1):
-        train_model(model, client.x, client.y, train_settings(config), seed=r, distill=targets)
+        train_model(model, client.x, client.y, settings, seed=config.seed * 1000 + r, distill=targets)
     return scored(model, client.test_x, client.test_y, client.held)
 
 

@@ -68,3 +68,17 @@ def test_guidance_scales_below_one_are_refused_by_name():
     assert parse_scales("1.5, 3,8") == [1.5, 3.0, 8.0]
     with pytest.raises(ValueError, match="--guidance-scales"):
         parse_scales("0.5,3")
+
+
+def test_the_real_control_is_class_balanced_and_refuses_more_than_the_reference_split_holds():
+    import numpy as np
+    import pytest
+
+    from experiments.fidelity import balanced_real_images
+    from fedmmkt_strategy.config import RunConfig
+
+    config = RunConfig.from_run_config({})
+    images, labels = balanced_real_images(config, per_class=2, num_classes=24)
+    assert images.shape[0] == 48 and np.array_equal(np.bincount(labels), np.full(24, 2))
+    with pytest.raises(ValueError, match="--synthetic-size"):
+        balanced_real_images(config, per_class=10_000, num_classes=24)
