@@ -136,6 +136,8 @@ class VoteRecord:
     modality: np.ndarray  # [K]
     prompt: np.ndarray  # [N]
     depicted: np.ndarray  # [N], the judge's reading of the image
+    result: Any = None  # the VoteResult the strategy settled on (what the clients are sent)
+    images: np.ndarray | None = None  # [N, S, S, 3] uint8, the pool the vote was taken on
 
 
 @dataclass
@@ -154,6 +156,7 @@ class Recorder:
         def vote(strategy: FedMMKT, server_round: int, outcome) -> Any:
             nodes = sorted(outcome.ok)
             judge = strategy.models.judge
+            result, diagnostics = original_vote(strategy, server_round, outcome)
             recorder.votes.append(
                 VoteRecord(
                     server_round,
@@ -162,9 +165,11 @@ class Recorder:
                     np.array([strategy.clients[n][P.MODALITY] for n in nodes]),
                     strategy.pool.classes.copy(),
                     judge_predict(judge, strategy.pool.images) if judge is not None else strategy.pool.classes.copy(),
+                    result,
+                    strategy.pool.images.copy(),
                 )
             )
-            return original_vote(strategy, server_round, outcome)
+            return result, diagnostics
 
         def fuse(strategy: FedMMKT, server_round: int, outcome, vote) -> tuple[dict[str, np.ndarray], Any]:
             fused, diagnostics = original_fuse(strategy, server_round, outcome, vote)

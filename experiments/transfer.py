@@ -11,10 +11,16 @@ under two labellings:
 - `prompt`: the class the server asked for (what a vote that agrees with the prompt gives);
 - `judge`: the class the held-out judge sees in the image (an oracle for perfect votes).
 
+With `--with-votes` the pool is instead the one a real first FedMMKT round (in-process, every
+client of the layout converged, the run config's vote) generated and voted on, and two more
+labellings train on the rows the vote kept: `vote` (its soft labels weighted by its confidence,
+as the strategy sends them) and `vote-argmax` (its decision as a one-hot label at weight 1).
+
 Reported per client: global-test accuracy on the classes it holds (any private training row) and
 on the classes it lacks, after convergence and after each labelling.
 
     python -m experiments.transfer --out docs/experiments
+    python -m experiments.transfer --with-votes --synthetic-size 1152 --out docs/experiments/transfer-votes
     python -m experiments.transfer --quick
 """
 
@@ -27,17 +33,25 @@ import numpy as np
 import torch
 
 from client_app.node import client_train_settings
-from experiments.common import base_config, hard_label_targets, parser, pretrained_pool, write_outputs
+from experiments.common import (
+    Recorder,
+    VoteRecord,
+    base_config,
+    hard_label_targets,
+    parser,
+    pretrained_pool,
+    run_variant,
+    write_outputs,
+)
 from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.generative.judge import judge_predict
+from fedmmkt_strategy.generative.quality import resize_images
 from fedmmkt_strategy.generative.server_models import load_server_models
 from fedmmkt_strategy.reporting.progress import say, track
 from task_models.registry import ModelSpec, build_task_model
-from task_models.training import fit_to_convergence, predict_logits, train_model
+from task_models.training import DistillTargets, fit_to_convergence, predict_logits, train_model
 from worlds.client_data import load_client_data
 from worlds.modality import to_model_input
-
-LABELLINGS = ("prompt", "judge")
 
 
 def held_and_lacked_accuracy(predictions: np.ndarray, labels: np.ndarray, held: np.ndarray) -> dict[str, float]:
@@ -114,33 +128,88 @@ def after_synthetic(client: ImageClient, targets, rounds: int, config: RunConfig
     return scored(model, client.test_x, client.test_y, client.held)
 
 
+def vote_targets(inputs: torch.Tensor, vote, config: RunConfig, *, argmax: bool) -> DistillTargets:
+    """What a client is sent after a vote: the kept rows' soft labels weighted by the vote's
+    confidence (as `FedMMKT` sends them), or with `argmax` the kept rows' voted class as a one-hot
+    label at weight 1 (the vote's decision without its softness); no representation term."""
+    kept = torch.as_tensor(vote.kept_indices).long()
+    soft = torch.as_tensor(vote.soft_labels[vote.kept_indices]).float()
+    if argmax:
+        soft = torch.nn.functional.one_hot(soft.argmax(-1), soft.shape[-1]).float()
+    weights = None if argmax else torch.as_tensor(vote.confidence[vote.kept_indices]).float()
+    return DistillTargets(
+        inputs=inputs[kept],
+        soft_labels=soft,
+        weights=weights,
+        temperature=config.distill_temperature,
+        lambda_kl=config.lambda_kl,
+        lambda_rep=0.0,
+        passes=config.distill_passes,
+    )
+
+
+def federation_round_one(args, base: dict) -> VoteRecord:
+    """The pool and vote of a real first FedMMKT round on this world (in-process, every client of
+    the layout converged first, the run config's vote settings): what `vote` labellings train on."""
+    with Recorder().recording() as rec:
+        nodes = len(RunConfig.from_run_config(base).layout)
+        run_variant(args, "transfer", "fedmmkt", base, nodes, **{"num-server-rounds": 1})
+    return rec.votes[0]
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.splitlines()[0])
     p.set_defaults(seed=100)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--synthetic-size", type=int, default=0, help="pool size (default: the run config's)")
+    p.add_argument(
+        "--with-votes",
+        action="store_true",
+        help="take the pool from a real first FedMMKT round and add its vote as two more labellings",
+    )
     args = p.parse_args(argv)
-    config = RunConfig.from_run_config(base_config(args))
+    base = base_config(args, {"synthetic-size": args.synthetic_size} if args.synthetic_size else None)
+    config = RunConfig.from_run_config(base)
     world, models = config.world(), load_server_models(config)
-    pool = pretrained_pool(config, models, world.num_classes)
-    labels = {"prompt": np.asarray(pool.classes), "judge": judge_predict(models.judge, pool.images)}
-    synthetic = to_model_input("image", pool.images)
+    if args.with_votes:
+        record = federation_round_one(args, base)
+        images, prompted = resize_images(record.images, config.image_size), np.asarray(record.prompt)
+    else:
+        record, pool = None, pretrained_pool(config, models, world.num_classes)
+        images, prompted = pool.images, np.asarray(pool.classes)
+    labels = {"prompt": prompted, "judge": judge_predict(models.judge, images)}
+    synthetic = to_model_input("image", images)
     targets = {
         name: hard_label_targets(synthetic, classes, config, world.num_classes) for name, classes in labels.items()
     }
+    if record is not None:
+        targets["vote"] = vote_targets(synthetic, record.result, config, argmax=False)
+        targets["vote-argmax"] = vote_targets(synthetic, record.result, config, argmax=True)
+    labellings = tuple(targets)
     results: dict = {
         "seed": config.seed,
+        "synthetic_size": len(prompted),
         "judge_prompt_agreement": float((labels["judge"] == labels["prompt"]).mean()),
         "clients": {},
     }
+    if record is not None:
+        voted = record.result.labels[record.result.kept]
+        results["vote"] = {
+            "kept": int(record.result.kept.sum()),
+            "judge_agreement": float((voted == labels["judge"][record.result.kept]).mean()),
+            "prompt_agreement": float((voted == prompted[record.result.kept]).mean()),
+            "mean_confidence": float(record.result.confidence[record.result.kept].mean()),
+        }
+        say(f"round-1 vote: {results['vote']}")
     for client in converged_image_clients(config, world):
         row: dict = {"held_classes": len(client.held)}
         row["converged"] = scored(client.model, client.test_x, client.test_y, client.held)
-        for labelling in LABELLINGS:
+        for labelling in labellings:
             row[labelling] = after_synthetic(client, targets[labelling], args.rounds, config)
         results["clients"][client.name] = row
         say(f"{client.name}: {row}")
     clients = results["clients"]
-    for stage in ("converged", *LABELLINGS):
+    for stage in ("converged", *labellings):
         for group in ("held", "lacked"):
             results[f"mean_{group}_{stage}"] = float(np.nanmean([c[stage][group] for c in clients.values()]))
 
@@ -148,10 +217,12 @@ def main(argv: list[str] | None = None) -> dict:
         names = list(clients)
         for k, group in enumerate(("held", "lacked")):
             ax = fig.add_subplot(1, 2, k + 1)
-            for j, stage in enumerate(("converged", *LABELLINGS)):
+            stages = ("converged", *labellings)
+            width = 0.8 / len(stages)
+            for j, stage in enumerate(stages):
                 values = [clients[n][stage][group] for n in names]
-                ax.bar(np.arange(len(names)) + 0.27 * j, values, 0.27, label=stage)
-            ax.set_xticks(np.arange(len(names)) + 0.27, names)
+                ax.bar(np.arange(len(names)) + width * j, values, width, label=stage)
+            ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
             ax.set_ylim(0, 1)
             ax.set_title(f"classes the client {group}")
             ax.set_ylabel("global-test accuracy (development world)")

@@ -82,3 +82,28 @@ def test_the_real_control_is_class_balanced_and_refuses_more_than_the_reference_
     assert images.shape[0] == 48 and np.array_equal(np.bincount(labels), np.full(24, 2))
     with pytest.raises(ValueError, match="--synthetic-size"):
         balanced_real_images(config, per_class=10_000, num_classes=24)
+
+
+def test_vote_targets_are_the_kept_rows_as_sent_or_their_decision_at_full_weight():
+    import numpy as np
+    import torch
+
+    from experiments.transfer import vote_targets
+    from fedmmkt_strategy.config import RunConfig
+    from fedmmkt_strategy.steps.labvote import VoteResult
+
+    soft = np.array([[0.6, 0.4, 0.0], [0, 0, 0], [0.2, 0.3, 0.5], [0.1, 0.7, 0.2]], np.float32)
+    kept = np.array([True, False, True, True])
+    vote = VoteResult(soft, np.array([0, -1, 2, 1]), kept, soft.max(1) * kept, np.ones((2, 4), bool))
+    inputs = torch.arange(4.0)[:, None]
+    config = RunConfig.from_run_config({})
+
+    sent = vote_targets(inputs, vote, config, argmax=False)
+    assert sent.inputs[:, 0].tolist() == [0.0, 2.0, 3.0]
+    assert torch.allclose(sent.soft_labels, torch.as_tensor(soft[kept]))
+    assert torch.allclose(sent.weights, torch.tensor([0.6, 0.5, 0.7]))
+    assert sent.lambda_rep == 0.0 and sent.passes == config.distill_passes
+
+    decided = vote_targets(inputs, vote, config, argmax=True)
+    assert decided.soft_labels.argmax(-1).tolist() == [0, 2, 1] and decided.soft_labels.sum().item() == 3
+    assert decided.weights is None
