@@ -111,6 +111,7 @@ class RunConfig(BaseModel):
     labvote_beta: float = Field(0.5, ge=0, le=1)
     labvote_prompt_mix: float = Field(0.0, ge=0, le=1)
     labvote_class_weights: Literal["none", "label-counts"] = "label-counts"
+    labvote_targets: Literal["soft", "hard"] = "soft"
     contrastive_tau: float = Field(0.1, ge=1e-3, le=100)
     contrastive_batch: int = Field(1024, ge=2, le=100_000)
     fusion_steps: int = Field(50, ge=0)

@@ -166,3 +166,17 @@ def test_group_diagnostics_split_the_vote_by_prompt_class():
     assert diag["clean_vote_depicted_agreement"] == 1.0 and diag["clean_prompt_depicted_agreement_kept"] == 0.5
     assert diag["confused_discard_rate"] == 0.5  # the uniform vote is discarded
     assert diag["confused_vote_depicted_agreement"] == 1.0 and diag["confused_prompt_depicted_agreement"] == 0.5
+
+
+def test_hardened_votes_are_the_one_hot_decisions_of_the_kept_samples_at_full_confidence():
+    from fedmmkt_strategy.steps.labvote import hardened
+
+    probs = np.zeros((1, 2, C), dtype=np.float32)
+    probs[0, 0] = [0.1, 0.6, 0.2, 0.1]
+    probs[0, 1] = 1.0 / C
+    result = labvote(probs, np.array([[0.1, LOGC]]))  # sample 1 has no counted vote
+    hard = hardened(result)
+    assert hard.soft_labels.tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]
+    assert hard.labels.tolist() == [1, -1] and hard.kept.tolist() == [True, False]
+    assert hard.confidence.tolist() == [1.0, 0.0]
+    assert np.array_equal(result.soft_labels[0], probs[0, 0])  # the vote itself is untouched

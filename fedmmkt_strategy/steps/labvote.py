@@ -126,6 +126,20 @@ def mix_prompt(result: VoteResult, prompt_classes: np.ndarray, mix: float) -> Vo
     return VoteResult(soft, labels, kept, np.where(kept, soft.max(1), 0.0).astype(np.float32), result.counted)
 
 
+def hardened(result: VoteResult) -> VoteResult:
+    """The vote's decisions as targets: each kept sample's soft label replaced by the one-hot of its
+    voted class, at confidence 1 (``labvote-targets = "hard"``); discarded samples stay discarded.
+
+    Soft votes teach a client little about a class it lacks: their mass on that class is shared,
+    the teacher is softened again at the distillation temperature, and the row is weighted by the
+    vote's confidence (docs/results/README.md, `experiments.transfer --with-votes`).
+    """
+    kept = result.kept
+    soft = np.zeros_like(result.soft_labels)
+    soft[np.flatnonzero(kept), result.labels[kept]] = 1.0
+    return VoteResult(soft, result.labels.copy(), kept.copy(), kept.astype(np.float32), result.counted)
+
+
 def most_confident(result: VoteResult, fraction: float) -> np.ndarray:
     """Indices of the kept samples whose voted label is most confident: the top `fraction` of them
     (at least one when any is kept), most confident first. Used to choose the T2I update's pairs."""

@@ -61,6 +61,7 @@ from fedmmkt_strategy.steps.fusion import (
 from fedmmkt_strategy.steps.labvote import (
     VoteResult,
     confirmed,
+    hardened,
     labvote,
     mix_prompt,
     most_confident,
@@ -494,7 +495,10 @@ class FedMMKT(FederatedStrategy):
     def distill_targets(
         self, nodes: list[int], vote: VoteResult, fused: dict[str, np.ndarray]
     ) -> dict[int, ArrayRecord]:
-        """Step 6 payloads: per node, the kept rows' soft labels and its modality's fused vectors."""
+        """Step 6 payloads: per node, the kept rows' soft labels (or with ``labvote-targets = "hard"``
+        the vote's one-hot decisions, `hardened`) and its modality's fused vectors."""
+        if self.config.labvote_targets == "hard":
+            vote = hardened(vote)
         kept = vote.kept_indices
         if len(kept) == 0:
             return {}
