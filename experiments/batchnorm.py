@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments.common import base_config, hard_label_targets, parser, pretrained_pool, write_outputs
+from experiments.common import base_config, grouped_bars, hard_label_targets, parser, pretrained_pool, write_outputs
 from fedmmkt_strategy.config import RunConfig
 from fedmmkt_strategy.generative.server_models import load_server_models
 from fedmmkt_strategy.reporting.progress import say, track
@@ -120,22 +120,11 @@ def main(argv: list[str] | None = None) -> dict:
         results[f"mean_acc_{scheme}"] = float(np.mean([c[scheme]["acc_global"] for c in clients.values()]))
 
     def plot(fig):
-        ax = fig.add_subplot(1, 2, 1)
-        names = list(clients)
-        for k, scheme in enumerate(("joint", "separate")):
-            ax.bar(
-                np.arange(len(names)) + 0.4 * k, [clients[n][scheme]["acc_global"] for n in names], 0.4, label=scheme
-            )
-        ax.set_xticks(np.arange(len(names)) + 0.2, names)
-        ax.set_ylabel("global-test accuracy (development world)")
-        ax.legend()
-        ax = fig.add_subplot(1, 2, 2)
-        for k, scheme in enumerate(("joint", "separate")):
-            values = [clients[n][scheme]["running_mean_position"] for n in names]
-            ax.bar(np.arange(len(names)) + 0.4 * k, values, 0.4, label=scheme)
-        ax.set_xticks(np.arange(len(names)) + 0.2, names)
-        ax.set_ylabel("BatchNorm running mean: 0 private, 1 synthetic")
-        ax.legend()
+        names, schemes = list(clients), ("joint", "separate")
+        series = {scheme: [clients[n][scheme]["acc_global"] for n in names] for scheme in schemes}
+        grouped_bars(fig.add_subplot(1, 2, 1), names, series, "global-test accuracy (development world)")
+        series = {scheme: [clients[n][scheme]["running_mean_position"] for n in names] for scheme in schemes}
+        grouped_bars(fig.add_subplot(1, 2, 2), names, series, "BatchNorm running mean: 0 private, 1 synthetic")
 
     write_outputs(args, "batchnorm", results, plot)
     return results

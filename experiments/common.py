@@ -270,19 +270,34 @@ def pretrained_pool(config: RunConfig, models: Any, num_classes: int) -> Any:
     )
 
 
-def hard_label_targets(inputs: Any, classes: np.ndarray, config: RunConfig, num_classes: int) -> Any:
-    """Distillation targets that are one-hot labels (no representation term), with the run
-    config's temperature, weight and passes: a client trained as if every vote were `classes`."""
+def label_targets(inputs: Any, soft_labels: Any, config: RunConfig, weights: Any = None) -> Any:
+    """Distillation targets of `soft_labels` [M, C] on `inputs` (each row's loss scaled by `weights`
+    when given), with the run config's temperature, weight and passes and no representation term."""
     import torch
-    import torch.nn.functional as F
 
     from task_models.training import DistillTargets
 
     return DistillTargets(
         inputs=inputs,
-        soft_labels=F.one_hot(torch.as_tensor(np.asarray(classes)), num_classes).float(),
+        soft_labels=torch.as_tensor(soft_labels).float(),
+        weights=None if weights is None else torch.as_tensor(weights).float(),
         temperature=config.distill_temperature,
         lambda_kl=config.lambda_kl,
         lambda_rep=0.0,
         passes=config.distill_passes,
     )
+
+
+def hard_label_targets(inputs: Any, classes: np.ndarray, config: RunConfig, num_classes: int) -> Any:
+    """`label_targets` of one-hot labels: a client trained as if every vote were `classes`."""
+    return label_targets(inputs, np.eye(num_classes, dtype=np.float32)[np.asarray(classes)], config)
+
+
+def grouped_bars(ax: Any, names: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+    """One group of bars per name, one bar per series (its label in the legend)."""
+    width = 0.8 / len(series)
+    for j, (label, values) in enumerate(series.items()):
+        ax.bar(np.arange(len(names)) + width * j, values, width, label=label)
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
+    ax.set_ylabel(ylabel)
+    ax.legend()

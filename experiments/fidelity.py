@@ -60,6 +60,11 @@ def balanced_real_images(config: RunConfig, per_class: int, num_classes: int) ->
     return np.asarray(columns["image"])[rows], labels[rows]
 
 
+def client_means(per_client: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean accuracy over the clients on the classes they hold and on those they lack."""
+    return {f"mean_{group}": float(np.nanmean([r[group] for r in per_client.values()])) for group in ("held", "lacked")}
+
+
 def parse_scales(text: str) -> list[float]:
     """``"1.5,3,5"`` -> [1.5, 3.0, 5.0]; each scale must be >= 1 (1 is unguided sampling)."""
     scales = [float(part) for part in text.split(",") if part.strip()]
@@ -98,8 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
             "prompt_agreement": agreement,
             "domain_fid": quality["fid"],
             "clients": per_client,
-            "mean_held": float(np.nanmean([r["held"] for r in per_client.values()])),
-            "mean_lacked": float(np.nanmean([r["lacked"] for r in per_client.values()])),
+            **client_means(per_client),
         }
         results["scales"][str(scale)] = entry
         say(
@@ -112,8 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["real_control"] = {
         "images": len(labels),
         "clients": per_client,
-        "mean_held": float(np.nanmean([r["held"] for r in per_client.values()])),
-        "mean_lacked": float(np.nanmean([r["lacked"] for r in per_client.values()])),
+        **client_means(per_client),
     }
     real = results["real_control"]
     say(f"real images instead: held {real['mean_held']:.3f}, lacked {real['mean_lacked']:.3f}")

@@ -37,7 +37,9 @@ from experiments.common import (
     Recorder,
     VoteRecord,
     base_config,
+    grouped_bars,
     hard_label_targets,
+    label_targets,
     parser,
     pretrained_pool,
     run_variant,
@@ -48,6 +50,7 @@ from fedmmkt_strategy.generative.judge import judge_predict
 from fedmmkt_strategy.generative.quality import resize_images
 from fedmmkt_strategy.generative.server_models import load_server_models
 from fedmmkt_strategy.reporting.progress import say, track
+from fedmmkt_strategy.steps.labvote import VoteResult, hardened
 from task_models.registry import ModelSpec, build_task_model
 from task_models.training import DistillTargets, fit_to_convergence, predict_logits, train_model
 from worlds.client_data import load_client_data
@@ -128,24 +131,14 @@ def after_synthetic(client: ImageClient, targets, rounds: int, config: RunConfig
     return scored(model, client.test_x, client.test_y, client.held)
 
 
-def vote_targets(inputs: torch.Tensor, vote, config: RunConfig, *, argmax: bool) -> DistillTargets:
+def vote_targets(inputs: torch.Tensor, vote: VoteResult, config: RunConfig, *, argmax: bool) -> DistillTargets:
     """What a client is sent after a vote: the kept rows' soft labels weighted by the vote's
-    confidence (as `FedMMKT` sends them), or with `argmax` the kept rows' voted class as a one-hot
-    label at weight 1 (the vote's decision without its softness); no representation term."""
-    kept = torch.as_tensor(vote.kept_indices).long()
-    soft = torch.as_tensor(vote.soft_labels[vote.kept_indices]).float()
-    if argmax:
-        soft = torch.nn.functional.one_hot(soft.argmax(-1), soft.shape[-1]).float()
-    weights = None if argmax else torch.as_tensor(vote.confidence[vote.kept_indices]).float()
-    return DistillTargets(
-        inputs=inputs[kept],
-        soft_labels=soft,
-        weights=weights,
-        temperature=config.distill_temperature,
-        lambda_kl=config.lambda_kl,
-        lambda_rep=0.0,
-        passes=config.distill_passes,
-    )
+    confidence (as `FedMMKT` sends them), or with `argmax` its decisions as one-hot labels at weight 1
+    (`hardened`, what ``labvote-targets = "hard"`` sends); no representation term."""
+    sent = hardened(vote) if argmax else vote
+    kept = sent.kept_indices
+    weights = None if argmax else sent.confidence[kept]
+    return label_targets(inputs[torch.as_tensor(kept).long()], sent.soft_labels[kept], config, weights)
 
 
 def federation_round_one(args, base: dict) -> VoteRecord:
@@ -218,15 +211,10 @@ def main(argv: list[str] | None = None) -> dict:
         for k, group in enumerate(("held", "lacked")):
             ax = fig.add_subplot(1, 2, k + 1)
             stages = ("converged", *labellings)
-            width = 0.8 / len(stages)
-            for j, stage in enumerate(stages):
-                values = [clients[n][stage][group] for n in names]
-                ax.bar(np.arange(len(names)) + width * j, values, width, label=stage)
-            ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
+            series = {stage: [clients[n][stage][group] for n in names] for stage in stages}
+            grouped_bars(ax, names, series, "global-test accuracy (development world)")
             ax.set_ylim(0, 1)
             ax.set_title(f"classes the client {group}")
-            ax.set_ylabel("global-test accuracy (development world)")
-            ax.legend()
 
     write_outputs(args, "transfer", results, plot)
     return results
